@@ -1,0 +1,30 @@
+//! What every reconciler shares.
+
+use crate::metrics::Metrics;
+use kube::runtime::events::Reporter;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Process-wide settings of the controllers.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Registry and path prefix of the default control-plane images, e.g. `registry.k8s.io`.
+    pub image_registry: String,
+    /// How long an unchanged object waits before it is reconciled again (drift check).
+    pub resync: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { image_registry: "registry.k8s.io".into(), resync: Duration::from_secs(300) }
+    }
+}
+
+/// Shared state of the controllers.
+#[derive(Clone)]
+pub struct Context {
+    pub client: kube::Client,
+    pub metrics: Arc<Metrics>,
+    pub reporter: Reporter,
+    pub settings: Settings,
+}

@@ -1,0 +1,42 @@
+//! The crate's error type.
+
+/// Everything that can go wrong in Orrery.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Pki(#[from] crate::pki::PkiError),
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("serialization: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("YAML: {0}")]
+    Yaml(#[from] serde_yaml_ng::Error),
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("{what} not found: {name}")]
+    NotFound { what: &'static str, name: String },
+    #[error("{0}")]
+    DataStore(String),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// A short CamelCase label for metrics and condition reasons.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubeApi",
+            Error::Pki(_) => "Pki",
+            Error::Etcd(_) => "Etcd",
+            Error::Json(_) | Error::Yaml(_) => "Serialization",
+            Error::Invalid { .. } => "InvalidSpec",
+            Error::NotFound { .. } => "NotFound",
+            Error::DataStore(_) => "DataStore",
+            Error::Io(_) => "Io",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

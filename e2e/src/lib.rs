@@ -1,0 +1,127 @@
+//! Shared helpers for the end-to-end tests: find the running test ground, run its real binaries,
+//! and connect to its apiserver.
+//!
+//! The ground is located through `e2e/ground env`; a test never skips when the ground is missing,
+//! it fails and says how to start it.
+
+use anyhow::{Context as _, Result, bail};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// The repository root (the parent of `e2e/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("e2e has a parent").to_path_buf()
+}
+
+/// A running test ground, as described by `e2e/ground env`.
+#[derive(Clone, Debug)]
+pub struct Ground {
+    /// Every `KEY=value` that `e2e/ground env` printed.
+    pub env: BTreeMap<String, String>,
+}
+
+impl Ground {
+    /// The ground named by `ORRERY_GROUND` (default "default"). Fails if it is not up.
+    pub fn get() -> Result<Self> {
+        Self::with_env(&[])
+    }
+
+    /// A ground with extra settings, e.g. `[("ORRERY_GROUND", "second"), ("ORRERY_GROUND_PORT_BASE", "16540")]`.
+    pub fn with_env(vars: &[(&str, &str)]) -> Result<Self> {
+        let out = ground_command(vars).arg("env").output().context("running e2e/ground env")?;
+        if !out.status.success() {
+            bail!("e2e/ground env failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let mut env = BTreeMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let line = line.trim_start_matches("export ");
+            if let Some((k, v)) = line.split_once('=') {
+                env.insert(k.to_string(), v.trim_matches(|c| c == '\'' || c == '"').to_string());
+            }
+        }
+        let ground = Self { env };
+        if !Path::new(&ground.kubeconfig()).exists() {
+            bail!("the test ground is not up (no {}): run `e2e/ground up` first", ground.kubeconfig());
+        }
+        Ok(ground)
+    }
+
+    /// A value printed by `e2e/ground env`.
+    pub fn var(&self, key: &str) -> String {
+        self.env.get(key).cloned().unwrap_or_else(|| panic!("e2e/ground env did not print {key}"))
+    }
+
+    /// Path of the admin kubeconfig.
+    pub fn kubeconfig(&self) -> String {
+        self.var("KUBECONFIG")
+    }
+
+    /// Path of a binary the ground built (kubectl, helm, kubeadm, etcdctl, ...).
+    pub fn bin(&self, name: &str) -> PathBuf {
+        Path::new(&self.var("ORRERY_GROUND_BIN")).join(name)
+    }
+
+    /// Runs a ground binary with the ground's kubeconfig in its environment.
+    pub fn run(&self, name: &str, args: &[&str]) -> Output {
+        Command::new(self.bin(name))
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
+    }
+
+    /// Runs kubectl and returns its stdout; panics with stderr on failure.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let out = self.run("kubectl", args);
+        assert!(
+            out.status.success(),
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A kube client for the ground's apiserver as cluster admin.
+    pub async fn client(&self) -> Result<kube::Client> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(self.kubeconfig())?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default()).await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+}
+
+/// `e2e/ground` with extra environment.
+pub fn ground_command(vars: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(repo_root().join("e2e/ground"));
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or fails after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A namespace name unique to this test process and purpose.
+pub fn unique_name(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}-{}-{:x}", std::process::id(), nanos & 0xffff)
+}
