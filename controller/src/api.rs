@@ -117,8 +117,8 @@ pub struct NetworkSpec {
     pub konnectivity_port: i32,
 
     /// Extra names and IP addresses for the apiserver serving certificate.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "certSANs")]
+    #[schemars(length(max = 32), inner(length(max = 253)))]
     #[x_kube(validation = Rule::new(
         "self.all(san, isIP(san) || san.matches('^(\\\\*\\\\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$'))"
     ).message("each entry of spec.network.certSANs must be a DNS name (lower case, optionally starting with *.) or an IP address"))]
@@ -194,7 +194,7 @@ fn default_cluster_domain() -> String {
 }
 
 /// How the tenant apiserver's Service is exposed.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ServiceType {
     /// Reachable inside the management cluster only.
     #[default]
@@ -250,6 +250,7 @@ pub struct ComponentSpec {
     /// Extra command-line flags, `--name=value` without the dashes as `name: value`. They override
     /// the flags Orrery sets, so use them with care.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
     #[x_kube(validation = Rule::new("self.all(k, k.matches('^[a-z0-9][-a-z0-9]*$'))")
         .message("extraArgs keys must be flag names without leading dashes, such as v or feature-gates"))]
     pub extra_args: BTreeMap<String, String>,
@@ -422,7 +423,6 @@ fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     group = "orrery.dev",
     version = "v1alpha1",
     kind = "DataStore",
-    shortname = "ds",
     category = "orrery",
     status = "DataStoreStatus",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
@@ -485,7 +485,7 @@ fn default_storage_size() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct ExternalDataStore {
     /// Client URLs of the etcd members, https only.
-    #[schemars(length(min = 1, max = 16))]
+    #[schemars(length(min = 1, max = 16), inner(length(max = 256)))]
     #[x_kube(validation = Rule::new("self.all(e, isURL(e) && url(e).getScheme() == 'https' && url(e).getPort() != '')")
         .message("each entry of spec.external.endpoints must be an https URL with a port, such as https://etcd-0.example:2379"))]
     pub endpoints: Vec<String>,

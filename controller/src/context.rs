@@ -27,4 +27,12 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub reporter: Reporter,
     pub settings: Settings,
+    /// etcd connections, one per DataStore, reused across reconciles.
+    pub etcd: Arc<crate::datastore::EtcdPool>,
+}
+
+impl Context {
+    pub fn new(client: kube::Client, metrics: Arc<Metrics>, reporter: Reporter, settings: Settings) -> Self {
+        Self { client, metrics, reporter, settings, etcd: Default::default() }
+    }
 }

@@ -21,6 +21,8 @@ pub enum Error {
     DataStore(String),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 impl Error {
@@ -35,6 +37,12 @@ impl Error {
             Error::NotFound { .. } => "NotFound",
             Error::DataStore(_) => "DataStore",
             Error::Io(_) => "Io",
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
+                    e.kind()
+                }
+                _ => "Finalizer",
+            },
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod controlplane;
 pub mod crdgen;
 pub mod datastore;
 pub mod error;
+pub mod hash;
 pub mod metrics;
 pub mod operator;
 pub mod pki;

@@ -1,1 +1,5 @@
-fn main() {}
+//! `orrery`: the CRD printer and the controller process (see [`orrery::operator`]).
+
+fn main() -> std::process::ExitCode {
+    orrery::operator::main()
+}

@@ -84,6 +84,26 @@ impl Ground {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The ground's state directory (certificates, data, logs, PID files).
+    pub fn state_dir(&self) -> PathBuf {
+        PathBuf::from(self.var("ORRERY_GROUND_STATE"))
+    }
+
+    /// The processes `e2e/ground up` recorded: component name and PID, sorted by name.
+    pub fn recorded_pids(&self) -> Vec<(String, u32)> {
+        let mut pids = Vec::new();
+        let Ok(dir) = std::fs::read_dir(self.state_dir().join("pids")) else { return pids };
+        for entry in dir.flatten() {
+            let path = entry.path();
+            let (Some(name), Ok(text)) = (path.file_stem(), std::fs::read_to_string(&path)) else { continue };
+            if let Ok(pid) = text.trim().parse() {
+                pids.push((name.to_string_lossy().into_owned(), pid));
+            }
+        }
+        pids.sort();
+        pids
+    }
+
     /// A kube client for the ground's apiserver as cluster admin.
     pub async fn client(&self) -> Result<kube::Client> {
         let kubeconfig = kube::config::Kubeconfig::read_from(self.kubeconfig())?;
@@ -124,4 +144,70 @@ where
 pub fn unique_name(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     format!("{prefix}-{}-{:x}", std::process::id(), nanos & 0xffff)
+}
+
+/// Whether a process runs. An exited process that its parent has not reaped yet (a zombie) holds
+/// nothing but its PID and does not count.
+pub fn process_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may contain spaces.
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Every process whose command line contains `needle`, as PID and command line.
+pub fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    let Ok(proc_dir) = std::fs::read_dir("/proc") else { return found };
+    for entry in proc_dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if pid == std::process::id() {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push((pid, cmdline.trim_end().to_string()));
+        }
+    }
+    found
+}
+
+/// Creates a namespace with a unique name that starts with `prefix`; delete it with
+/// [`delete_namespace`].
+pub async fn create_namespace(client: &kube::Client, prefix: &str) -> Result<String> {
+    use k8s_openapi::api::core::v1::Namespace;
+    let name = unique_name(prefix);
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"orrery.dev/e2e": "true"}}
+    }))?;
+    kube::Api::<Namespace>::all(client.clone())
+        .create(&kube::api::PostParams::default(), &ns)
+        .await
+        .with_context(|| format!("creating namespace {name}"))?;
+    Ok(name)
+}
+
+/// Deletes a namespace without waiting for it to be gone.
+pub async fn delete_namespace(client: &kube::Client, name: &str) -> Result<()> {
+    use k8s_openapi::api::core::v1::Namespace;
+    match kube::Api::<Namespace>::all(client.clone()).delete(name, &Default::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("deleting namespace {name}")),
+    }
+}
+
+/// Applies Orrery's CRDs from `crds/` with real kubectl and waits until they are established.
+pub fn install_crds(ground: &Ground) {
+    let crds = repo_root().join("crds/orrery.dev.yaml");
+    ground.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crds.to_str().unwrap()]);
+    ground.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/tenantcontrolplanes.orrery.dev",
+        "crd/datastores.orrery.dev",
+    ]);
 }
