@@ -3,7 +3,9 @@
 //! Admission is done by the apiserver from the CEL rules and OpenAPI bounds declared here, so a bad
 //! object never reaches the controller; every message names the field it is about.
 
-use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint};
+use k8s_openapi::api::core::v1::{
+    Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -143,7 +145,11 @@ pub struct NetworkSpec {
     pub pod_cidr: String,
 
     /// Cluster IP of the tenant's DNS Service. Defaults to the tenth address of serviceCIDR.
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "dnsServiceIP")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "dnsServiceIP"
+    )]
     #[schemars(length(max = 39))]
     #[x_kube(validation = Rule::new("isIP(self)").message("spec.network.dnsServiceIP must be an IP address"))]
     pub dns_service_ip: Option<String>,
@@ -194,7 +200,9 @@ fn default_cluster_domain() -> String {
 }
 
 /// How the tenant apiserver's Service is exposed.
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 pub enum ServiceType {
     /// Reachable inside the management cluster only.
     #[default]
@@ -295,7 +303,10 @@ pub struct CertificatesSpec {
 
 impl Default for CertificatesSpec {
     fn default() -> Self {
-        Self { validity_hours: default_validity_hours(), renew_before_hours: default_renew_before_hours() }
+        Self {
+            validity_hours: default_validity_hours(),
+            renew_before_hours: default_renew_before_hours(),
+        }
     }
 }
 
@@ -336,7 +347,10 @@ pub struct AddonSpec {
 
 impl Default for AddonSpec {
     fn default() -> Self {
-        Self { enabled: true, image: None }
+        Self {
+            enabled: true,
+            image: None,
+        }
     }
 }
 

@@ -43,7 +43,9 @@ pub fn set(
 
 /// Whether condition `type_` is present and True.
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
-    conditions.iter().any(|c| c.type_ == type_ && c.status == "True")
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
 }
 
 #[cfg(test)]
@@ -57,13 +59,37 @@ mod tests {
     #[test]
     fn transition_time_moves_only_on_status_change() {
         let mut conds = Vec::new();
-        set(&mut conds, READY, false, "Provisioning", "starting", Some(1), &time("2026-01-01T00:00:00Z"));
-        set(&mut conds, READY, false, "Provisioning", "still starting", Some(2), &time("2026-01-01T00:01:00Z"));
+        set(
+            &mut conds,
+            READY,
+            false,
+            "Provisioning",
+            "starting",
+            Some(1),
+            &time("2026-01-01T00:00:00Z"),
+        );
+        set(
+            &mut conds,
+            READY,
+            false,
+            "Provisioning",
+            "still starting",
+            Some(2),
+            &time("2026-01-01T00:01:00Z"),
+        );
         assert_eq!(conds.len(), 1);
         assert_eq!(conds[0].last_transition_time, time("2026-01-01T00:00:00Z"));
         assert_eq!(conds[0].message, "still starting");
         assert_eq!(conds[0].observed_generation, Some(2));
-        set(&mut conds, READY, true, "Ready", "up", Some(2), &time("2026-01-01T00:02:00Z"));
+        set(
+            &mut conds,
+            READY,
+            true,
+            "Ready",
+            "up",
+            Some(2),
+            &time("2026-01-01T00:02:00Z"),
+        );
         assert_eq!(conds[0].last_transition_time, time("2026-01-01T00:02:00Z"));
         assert!(is_true(&conds, READY));
         assert!(!is_true(&conds, CERTIFICATES_READY));

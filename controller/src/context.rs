@@ -16,7 +16,10 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { image_registry: "registry.k8s.io".into(), resync: Duration::from_secs(300) }
+        Self {
+            image_registry: "registry.k8s.io".into(),
+            resync: Duration::from_secs(300),
+        }
     }
 }
 
@@ -32,7 +35,18 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: kube::Client, metrics: Arc<Metrics>, reporter: Reporter, settings: Settings) -> Self {
-        Self { client, metrics, reporter, settings, etcd: Default::default() }
+    pub fn new(
+        client: kube::Client,
+        metrics: Arc<Metrics>,
+        reporter: Reporter,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            client,
+            metrics,
+            reporter,
+            settings,
+            etcd: Default::default(),
+        }
     }
 }

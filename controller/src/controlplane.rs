@@ -8,12 +8,15 @@
 use crate::api::{ComponentSpec, TenantControlPlane};
 use crate::apply::{TENANT_LABEL, child_labels, owner_reference};
 use crate::context::Settings;
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretProjection,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection, WeightedPodAffinityTerm,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodAffinityTerm,
+    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecretProjection, SecurityContext, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeProjection, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -47,7 +50,9 @@ pub struct Names {
 
 impl Names {
     pub fn new(tcp: &TenantControlPlane) -> Self {
-        Self { tenant: tcp.name_any() }
+        Self {
+            tenant: tcp.name_any(),
+        }
     }
     /// Deployment, Service and PodDisruptionBudget share the tenant's name.
     pub fn workload(&self) -> String {
@@ -100,16 +105,26 @@ pub fn images(tcp: &TenantControlPlane, settings: &Settings) -> Images {
     let spec = &tcp.spec;
     let reg = settings.image_registry.trim_end_matches('/');
     let version = &spec.version;
-    let minor = version.split('.').nth(1).and_then(|m| m.parse().ok()).unwrap_or(34);
+    let minor = version
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(34);
     let pick = |c: &ComponentSpec, default: String| c.image.clone().unwrap_or(default);
     let cp = &spec.control_plane;
     Images {
         api_server: pick(&cp.api_server, format!("{reg}/kube-apiserver:{version}")),
-        controller_manager: pick(&cp.controller_manager, format!("{reg}/kube-controller-manager:{version}")),
+        controller_manager: pick(
+            &cp.controller_manager,
+            format!("{reg}/kube-controller-manager:{version}"),
+        ),
         scheduler: pick(&cp.scheduler, format!("{reg}/kube-scheduler:{version}")),
         konnectivity_server: pick(
             &cp.konnectivity_server,
-            format!("{reg}/kas-network-proxy/proxy-server:{}", konnectivity_version(minor)),
+            format!(
+                "{reg}/kas-network-proxy/proxy-server:{}",
+                konnectivity_version(minor)
+            ),
         ),
     }
 }
@@ -142,7 +157,10 @@ fn meta(tcp: &TenantControlPlane, name: String, component: &str) -> ObjectMeta {
 pub fn selector_labels(tcp: &TenantControlPlane) -> BTreeMap<String, String> {
     BTreeMap::from([
         (TENANT_LABEL.to_string(), tcp.name_any()),
-        ("app.kubernetes.io/component".to_string(), COMPONENT.to_string()),
+        (
+            "app.kubernetes.io/component".to_string(),
+            COMPONENT.to_string(),
+        ),
     ])
 }
 
@@ -208,7 +226,10 @@ pub fn pod_disruption_budget(tcp: &TenantControlPlane) -> PodDisruptionBudget {
         metadata: meta(tcp, Names::new(tcp).workload(), COMPONENT),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(LabelSelector { match_labels: Some(selector_labels(tcp)), ..Default::default() }),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(tcp)),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -217,7 +238,8 @@ pub fn pod_disruption_budget(tcp: &TenantControlPlane) -> PodDisruptionBudget {
 
 /// Flags as a sorted map so `extraArgs` can override Orrery's and the output is deterministic.
 fn args(base: BTreeMap<&str, String>, extra: &BTreeMap<String, String>) -> Vec<String> {
-    let mut all: BTreeMap<String, String> = base.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let mut all: BTreeMap<String, String> =
+        base.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     all.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
     all.into_iter().map(|(k, v)| format!("--{k}={v}")).collect()
 }
@@ -240,37 +262,62 @@ fn https_probe(path: &str, port: i32, period: i32, failures: i32) -> Probe {
 fn restricted() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
-        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
         read_only_root_filesystem: Some(true),
         run_as_non_root: Some(true),
         run_as_user: Some(RUN_AS),
         run_as_group: Some(RUN_AS),
-        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
 
 fn resources(spec: &ComponentSpec, cpu: &str, memory: &str) -> ResourceRequirements {
-    spec.resources.clone().unwrap_or_else(|| ResourceRequirements {
-        requests: Some(BTreeMap::from([
-            ("cpu".to_string(), Quantity(cpu.into())),
-            ("memory".to_string(), Quantity(memory.into())),
-        ])),
-        ..Default::default()
-    })
+    spec.resources
+        .clone()
+        .unwrap_or_else(|| ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), Quantity(cpu.into())),
+                ("memory".to_string(), Quantity(memory.into())),
+            ])),
+            ..Default::default()
+        })
 }
 
 fn mount(name: &str, path: &str) -> VolumeMount {
-    VolumeMount { name: name.into(), mount_path: path.into(), read_only: Some(true), ..Default::default() }
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(true),
+        ..Default::default()
+    }
 }
 
 fn items(keys: &[(&str, &str)]) -> Option<Vec<KeyToPath>> {
-    Some(keys.iter().map(|(k, p)| KeyToPath { key: (*k).into(), path: (*p).into(), mode: None }).collect())
+    Some(
+        keys.iter()
+            .map(|(k, p)| KeyToPath {
+                key: (*k).into(),
+                path: (*p).into(),
+                mode: None,
+            })
+            .collect(),
+    )
 }
 
 fn secret_projection(name: String, keys: &[(&str, &str)]) -> VolumeProjection {
     VolumeProjection {
-        secret: Some(SecretProjection { name, items: items(keys), optional: Some(false) }),
+        secret: Some(SecretProjection {
+            name,
+            items: items(keys),
+            optional: Some(false),
+        }),
         ..Default::default()
     }
 }
@@ -280,7 +327,10 @@ fn secret_projection(name: String, keys: &[(&str, &str)]) -> VolumeProjection {
 fn projected(name: &str, sources: Vec<VolumeProjection>) -> Volume {
     Volume {
         name: name.into(),
-        projected: Some(ProjectedVolumeSource { sources: Some(sources), default_mode: Some(0o440) }),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(sources),
+            default_mode: Some(0o440),
+        }),
         ..Default::default()
     }
 }
@@ -288,7 +338,10 @@ fn projected(name: &str, sources: Vec<VolumeProjection>) -> Volume {
 fn empty_dir(name: &str) -> Volume {
     Volume {
         name: name.into(),
-        empty_dir: Some(EmptyDirVolumeSource { medium: Some("Memory".into()), ..Default::default() }),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: Some("Memory".into()),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -318,18 +371,36 @@ pub fn deployment(tcp: &TenantControlPlane, inputs: &DeploymentInputs) -> Deploy
         ("etcd-compaction-interval", "0".to_string()),
         ("etcd-prefix", inputs.etcd_prefix.clone()),
         ("etcd-servers", inputs.datastore_endpoints.join(",")),
-        ("kubelet-client-certificate", pki("apiserver-kubelet-client.crt")),
+        (
+            "kubelet-client-certificate",
+            pki("apiserver-kubelet-client.crt"),
+        ),
         ("kubelet-client-key", pki("apiserver-kubelet-client.key")),
-        ("kubelet-preferred-address-types", "InternalIP,ExternalIP,Hostname".to_string()),
+        (
+            "kubelet-preferred-address-types",
+            "InternalIP,ExternalIP,Hostname".to_string(),
+        ),
         ("proxy-client-cert-file", pki("front-proxy-client.crt")),
         ("proxy-client-key-file", pki("front-proxy-client.key")),
-        ("requestheader-allowed-names", "front-proxy-client".to_string()),
+        (
+            "requestheader-allowed-names",
+            "front-proxy-client".to_string(),
+        ),
         ("requestheader-client-ca-file", pki("front-proxy-ca.crt")),
-        ("requestheader-extra-headers-prefix", "X-Remote-Extra-".to_string()),
+        (
+            "requestheader-extra-headers-prefix",
+            "X-Remote-Extra-".to_string(),
+        ),
         ("requestheader-group-headers", "X-Remote-Group".to_string()),
-        ("requestheader-username-headers", "X-Remote-User".to_string()),
+        (
+            "requestheader-username-headers",
+            "X-Remote-User".to_string(),
+        ),
         ("secure-port", port.to_string()),
-        ("service-account-issuer", format!("https://kubernetes.default.svc.{}", net.cluster_domain)),
+        (
+            "service-account-issuer",
+            format!("https://kubernetes.default.svc.{}", net.cluster_domain),
+        ),
         ("service-account-key-file", pki("sa.pub")),
         ("service-account-signing-key-file", pki("sa.key")),
         ("service-cluster-ip-range", net.service_cidr.clone()),
@@ -340,13 +411,20 @@ pub fn deployment(tcp: &TenantControlPlane, inputs: &DeploymentInputs) -> Deploy
         apiserver_args.insert("advertise-address", addr.clone());
     }
     if konnectivity {
-        apiserver_args.insert("egress-selector-config-file", format!("{CONFIG_DIR}/egress-selector-configuration.yaml"));
+        apiserver_args.insert(
+            "egress-selector-config-file",
+            format!("{CONFIG_DIR}/egress-selector-configuration.yaml"),
+        );
     }
     let cp = &spec.control_plane;
     let mut apiserver_mounts = vec![mount("apiserver-pki", PKI_DIR)];
     if konnectivity {
         apiserver_mounts.push(mount("config", CONFIG_DIR));
-        apiserver_mounts.push(VolumeMount { name: "konnectivity-uds".into(), mount_path: UDS_DIR.into(), ..Default::default() });
+        apiserver_mounts.push(VolumeMount {
+            name: "konnectivity-uds".into(),
+            mount_path: UDS_DIR.into(),
+            ..Default::default()
+        });
     }
     let apiserver = Container {
         name: "kube-apiserver".into(),
@@ -356,7 +434,10 @@ pub fn deployment(tcp: &TenantControlPlane, inputs: &DeploymentInputs) -> Deploy
         env: Some(vec![EnvVar {
             name: "POD_IP".into(),
             value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector { field_path: "status.podIP".into(), ..Default::default() }),
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "status.podIP".into(),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -383,8 +464,14 @@ pub fn deployment(tcp: &TenantControlPlane, inputs: &DeploymentInputs) -> Deploy
         args: Some(args(
             BTreeMap::from([
                 ("allocate-node-cidrs", "true".to_string()),
-                ("authentication-kubeconfig", kubeconfig("controller-manager.conf")),
-                ("authorization-kubeconfig", kubeconfig("controller-manager.conf")),
+                (
+                    "authentication-kubeconfig",
+                    kubeconfig("controller-manager.conf"),
+                ),
+                (
+                    "authorization-kubeconfig",
+                    kubeconfig("controller-manager.conf"),
+                ),
                 ("bind-address", "0.0.0.0".to_string()),
                 ("client-ca-file", pki("ca.crt")),
                 ("cluster-cidr", net.pod_cidr.clone()),
@@ -407,7 +494,10 @@ pub fn deployment(tcp: &TenantControlPlane, inputs: &DeploymentInputs) -> Deploy
         liveness_probe: Some(https_probe("/healthz", CONTROLLER_MANAGER_PORT, 10, 6)),
         resources: Some(resources(&cp.controller_manager, "50m", "64Mi")),
         security_context: Some(restricted()),
-        volume_mounts: Some(vec![mount("controller-manager-pki", PKI_DIR), mount("controller-manager-kubeconfig", KUBECONFIG_DIR)]),
+        volume_mounts: Some(vec![
+            mount("controller-manager-pki", PKI_DIR),
+            mount("controller-manager-kubeconfig", KUBECONFIG_DIR),
+        ]),
         ..Default::default()
     };
 
@@ -447,30 +537,51 @@ pub fn deployment(tcp: &TenantControlPlane, inputs: &DeploymentInputs) -> Deploy
                         ("datastore-ca.crt", "datastore-ca.crt"),
                         ("apiserver.crt", "apiserver.crt"),
                         ("apiserver.key", "apiserver.key"),
-                        ("apiserver-kubelet-client.crt", "apiserver-kubelet-client.crt"),
-                        ("apiserver-kubelet-client.key", "apiserver-kubelet-client.key"),
+                        (
+                            "apiserver-kubelet-client.crt",
+                            "apiserver-kubelet-client.crt",
+                        ),
+                        (
+                            "apiserver-kubelet-client.key",
+                            "apiserver-kubelet-client.key",
+                        ),
                         ("front-proxy-client.crt", "front-proxy-client.crt"),
                         ("front-proxy-client.key", "front-proxy-client.key"),
                         ("datastore-client.crt", "datastore-client.crt"),
                         ("datastore-client.key", "datastore-client.key"),
                     ],
                 ),
-                secret_projection(names.service_account(), &[("sa.key", "sa.key"), ("sa.pub", "sa.pub")]),
+                secret_projection(
+                    names.service_account(),
+                    &[("sa.key", "sa.key"), ("sa.pub", "sa.pub")],
+                ),
             ],
         ),
         projected(
             "controller-manager-pki",
             vec![
                 secret_projection(names.ca(), &[("tls.crt", "ca.crt"), ("tls.key", "ca.key")]),
-                secret_projection(names.certs(), &[("front-proxy-ca.crt", "front-proxy-ca.crt")]),
+                secret_projection(
+                    names.certs(),
+                    &[("front-proxy-ca.crt", "front-proxy-ca.crt")],
+                ),
                 secret_projection(names.service_account(), &[("sa.key", "sa.key")]),
             ],
         ),
         projected(
             "controller-manager-kubeconfig",
-            vec![secret_projection(names.kubeconfigs(), &[("controller-manager.conf", "controller-manager.conf")])],
+            vec![secret_projection(
+                names.kubeconfigs(),
+                &[("controller-manager.conf", "controller-manager.conf")],
+            )],
         ),
-        projected("scheduler-kubeconfig", vec![secret_projection(names.kubeconfigs(), &[("scheduler.conf", "scheduler.conf")])]),
+        projected(
+            "scheduler-kubeconfig",
+            vec![secret_projection(
+                names.kubeconfigs(),
+                &[("scheduler.conf", "scheduler.conf")],
+            )],
+        ),
     ];
 
     if konnectivity {
@@ -484,7 +595,10 @@ pub fn deployment(tcp: &TenantControlPlane, inputs: &DeploymentInputs) -> Deploy
                     ("agent-namespace", "kube-system".to_string()),
                     ("agent-port", KONNECTIVITY_AGENT_PORT.to_string()),
                     ("agent-service-account", "konnectivity-agent".to_string()),
-                    ("authentication-audience", "system:konnectivity-server".to_string()),
+                    (
+                        "authentication-audience",
+                        "system:konnectivity-server".to_string(),
+                    ),
                     ("cluster-cert", pki("apiserver.crt")),
                     ("cluster-key", pki("apiserver.key")),
                     ("delete-existing-uds-file", "true".to_string()),
@@ -520,53 +634,83 @@ pub fn deployment(tcp: &TenantControlPlane, inputs: &DeploymentInputs) -> Deploy
             volume_mounts: Some(vec![
                 mount("konnectivity-pki", PKI_DIR),
                 mount("konnectivity-kubeconfig", KUBECONFIG_DIR),
-                VolumeMount { name: "konnectivity-uds".into(), mount_path: UDS_DIR.into(), ..Default::default() },
+                VolumeMount {
+                    name: "konnectivity-uds".into(),
+                    mount_path: UDS_DIR.into(),
+                    ..Default::default()
+                },
             ]),
             ..Default::default()
         });
         volumes.push(projected(
             "konnectivity-pki",
-            vec![secret_projection(names.certs(), &[("apiserver.crt", "apiserver.crt"), ("apiserver.key", "apiserver.key")])],
+            vec![secret_projection(
+                names.certs(),
+                &[
+                    ("apiserver.crt", "apiserver.crt"),
+                    ("apiserver.key", "apiserver.key"),
+                ],
+            )],
         ));
         volumes.push(projected(
             "konnectivity-kubeconfig",
-            vec![secret_projection(names.kubeconfigs(), &[("konnectivity-server.conf", "konnectivity-server.conf")])],
+            vec![secret_projection(
+                names.kubeconfigs(),
+                &[("konnectivity-server.conf", "konnectivity-server.conf")],
+            )],
         ));
         volumes.push(empty_dir("konnectivity-uds"));
         volumes.push(Volume {
             name: "config".into(),
-            config_map: Some(ConfigMapVolumeSource { name: names.config(), ..Default::default() }),
+            config_map: Some(ConfigMapVolumeSource {
+                name: names.config(),
+                ..Default::default()
+            }),
             ..Default::default()
         });
     }
 
     let sched = &cp.scheduling;
-    let affinity = sched.affinity.clone().unwrap_or_else(|| k8s_openapi::api::core::v1::Affinity {
-        // Spread replicas over nodes when the nodes allow it.
-        pod_anti_affinity: Some(PodAntiAffinity {
-            preferred_during_scheduling_ignored_during_execution: Some(vec![WeightedPodAffinityTerm {
-                weight: 100,
-                pod_affinity_term: PodAffinityTerm {
-                    label_selector: Some(LabelSelector { match_labels: Some(selector_labels(tcp)), ..Default::default() }),
-                    topology_key: "kubernetes.io/hostname".into(),
-                    ..Default::default()
-                },
-            }]),
+    let affinity = sched
+        .affinity
+        .clone()
+        .unwrap_or_else(|| k8s_openapi::api::core::v1::Affinity {
+            // Spread replicas over nodes when the nodes allow it.
+            pod_anti_affinity: Some(PodAntiAffinity {
+                preferred_during_scheduling_ignored_during_execution: Some(vec![
+                    WeightedPodAffinityTerm {
+                        weight: 100,
+                        pod_affinity_term: PodAffinityTerm {
+                            label_selector: Some(LabelSelector {
+                                match_labels: Some(selector_labels(tcp)),
+                                ..Default::default()
+                            }),
+                            topology_key: "kubernetes.io/hostname".into(),
+                            ..Default::default()
+                        },
+                    },
+                ]),
+                ..Default::default()
+            }),
             ..Default::default()
-        }),
-        ..Default::default()
-    });
+        });
 
     let mut template_labels = child_labels(TENANT_LABEL, &tcp.name_any(), COMPONENT);
     template_labels.extend(selector_labels(tcp));
-    let annotations: BTreeMap<String, String> =
-        inputs.config_hashes.iter().map(|(name, hash)| (format!("checksum.orrery.dev/{name}"), hash.clone())).collect();
+    let annotations: BTreeMap<String, String> = inputs
+        .config_hashes
+        .iter()
+        .map(|(name, hash)| (format!("checksum.orrery.dev/{name}"), hash.clone()))
+        .collect();
 
     Deployment {
         metadata: meta(tcp, names.workload(), COMPONENT),
         spec: Some(DeploymentSpec {
             replicas: Some(spec.replicas),
-            selector: LabelSelector { match_labels: Some(selector_labels(tcp)), ..Default::default() },
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(tcp)),
+                ..Default::default()
+            },
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
                 rolling_update: Some(RollingUpdateDeployment {
@@ -591,10 +735,14 @@ pub fn deployment(tcp: &TenantControlPlane, inputs: &DeploymentInputs) -> Deploy
                         run_as_user: Some(RUN_AS),
                         run_as_group: Some(RUN_AS),
                         fs_group: Some(RUN_AS),
-                        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..Default::default()
+                        }),
                         ..Default::default()
                     }),
-                    node_selector: (!sched.node_selector.is_empty()).then(|| sched.node_selector.clone()),
+                    node_selector: (!sched.node_selector.is_empty())
+                        .then(|| sched.node_selector.clone()),
                     tolerations: (!sched.tolerations.is_empty()).then(|| sched.tolerations.clone()),
                     topology_spread_constraints: (!sched.topology_spread_constraints.is_empty())
                         .then(|| sched.topology_spread_constraints.clone()),
@@ -633,7 +781,17 @@ mod tests {
     }
 
     fn container<'a>(d: &'a Deployment, name: &str) -> &'a Container {
-        d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers.iter().find(|c| c.name == name).unwrap()
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap()
     }
 
     #[test]
@@ -642,32 +800,104 @@ mod tests {
         let d = deployment(&t, &inputs(&t));
         let spec = d.spec.as_ref().unwrap();
         assert_eq!(spec.replicas, Some(2));
-        let ru = spec.strategy.as_ref().unwrap().rolling_update.as_ref().unwrap();
+        let ru = spec
+            .strategy
+            .as_ref()
+            .unwrap()
+            .rolling_update
+            .as_ref()
+            .unwrap();
         assert_eq!(ru.max_unavailable, Some(IntOrString::Int(0)));
-        let names: Vec<_> = spec.template.spec.as_ref().unwrap().containers.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "konnectivity-server"]);
+        let names: Vec<_> = spec
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+                "konnectivity-server"
+            ]
+        );
         let api = container(&d, "kube-apiserver");
         let args = api.args.as_ref().unwrap();
         assert!(args.contains(&"--egress-selector-config-file=/etc/kubernetes/config/egress-selector-configuration.yaml".into()));
         assert!(args.contains(&"--etcd-servers=https://etcd-0:2379,https://etcd-1:2379".into()));
         assert!(args.contains(&"--etcd-prefix=/orrery/ns1/t1".into()));
         assert!(args.contains(&"--advertise-address=10.96.0.20".into()));
-        assert_eq!(api.image.as_deref(), Some("registry.k8s.io/kube-apiserver:v1.34.4"));
-        let kcm = container(&d, "kube-controller-manager").args.as_ref().unwrap();
+        assert_eq!(
+            api.image.as_deref(),
+            Some("registry.k8s.io/kube-apiserver:v1.34.4")
+        );
+        let kcm = container(&d, "kube-controller-manager")
+            .args
+            .as_ref()
+            .unwrap();
         assert!(kcm.contains(&"--controllers=*,bootstrapsigner,tokencleaner".into()));
         assert!(kcm.contains(&"--cluster-signing-key-file=/etc/kubernetes/pki/ca.key".into()));
         let konn = container(&d, "konnectivity-server").args.as_ref().unwrap();
         assert!(konn.contains(&"--uds-name=/run/konnectivity/konnectivity-server.socket".into()));
         assert!(konn.contains(&"--authentication-audience=system:konnectivity-server".into()));
-        assert!(egress_selector_configuration().contains("udsName: /run/konnectivity/konnectivity-server.socket"));
+        assert!(
+            egress_selector_configuration()
+                .contains("udsName: /run/konnectivity/konnectivity-server.socket")
+        );
         // Probes.
-        assert_eq!(api.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/readyz"));
-        assert_eq!(api.liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/livez"));
+        assert_eq!(
+            api.readiness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("/readyz")
+        );
+        assert_eq!(
+            api.liveness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("/livez")
+        );
         let sched = container(&d, "kube-scheduler");
-        assert_eq!(sched.liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/healthz"));
+        assert_eq!(
+            sched
+                .liveness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("/healthz")
+        );
         // The hash of each mounted object is in the template.
-        let ann = spec.template.metadata.as_ref().unwrap().annotations.as_ref().unwrap();
-        assert_eq!(ann.get("checksum.orrery.dev/t1-certs").map(String::as_str), Some("abc"));
+        let ann = spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            ann.get("checksum.orrery.dev/t1-certs").map(String::as_str),
+            Some("abc")
+        );
     }
 
     #[test]
@@ -683,7 +913,10 @@ mod tests {
             let sc = c.security_context.as_ref().unwrap();
             assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
             assert_eq!(sc.read_only_root_filesystem, Some(true), "{}", c.name);
-            assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_string()][..]));
+            assert_eq!(
+                sc.capabilities.as_ref().unwrap().drop.as_deref(),
+                Some(&["ALL".to_string()][..])
+            );
         }
         // Only kube-controller-manager sees the CA key.
         let vols = pod.volumes.unwrap();
@@ -692,7 +925,9 @@ mod tests {
             .filter(|v| {
                 v.projected.as_ref().is_some_and(|p| {
                     p.sources.as_ref().unwrap().iter().any(|s| {
-                        s.secret.as_ref().is_some_and(|s| s.items.as_ref().unwrap().iter().any(|i| i.path == "ca.key"))
+                        s.secret.as_ref().is_some_and(|s| {
+                            s.items.as_ref().unwrap().iter().any(|i| i.path == "ca.key")
+                        })
                     })
                 })
             })
@@ -707,7 +942,14 @@ mod tests {
         let d = deployment(&t, &inputs(&t));
         let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         assert_eq!(pod.containers.len(), 3);
-        assert!(!container(&d, "kube-apiserver").args.as_ref().unwrap().iter().any(|a| a.contains("egress")));
+        assert!(
+            !container(&d, "kube-apiserver")
+                .args
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|a| a.contains("egress"))
+        );
         assert_eq!(service(&t).spec.unwrap().ports.unwrap().len(), 1);
     }
 
@@ -721,10 +963,16 @@ mod tests {
         assert_eq!(api.image.as_deref(), Some("my/apiserver:1"));
         let args = api.args.as_ref().unwrap();
         assert!(args.contains(&"--v=4".into()));
-        assert!(args.contains(&"--authorization-mode=RBAC".into()), "extraArgs override");
+        assert!(
+            args.contains(&"--authorization-mode=RBAC".into()),
+            "extraArgs override"
+        );
         assert!(!args.contains(&"--authorization-mode=Node,RBAC".into()));
         assert!(args.contains(&"--secure-port=443".into()));
-        assert_eq!(container(&d, "kube-scheduler").image.as_deref(), Some("registry.k8s.io/kube-scheduler:v1.33.2"));
+        assert_eq!(
+            container(&d, "kube-scheduler").image.as_deref(),
+            Some("registry.k8s.io/kube-scheduler:v1.33.2")
+        );
         assert_eq!(
             container(&d, "konnectivity-server").image.as_deref(),
             Some("registry.k8s.io/kas-network-proxy/proxy-server:v0.32.1")
@@ -741,10 +989,17 @@ mod tests {
     #[test]
     fn children_are_labelled_and_owned() {
         let t = tcp("version: v1.34.4");
-        for m in [service(&t).metadata, config_map(&t).metadata, pod_disruption_budget(&t).metadata] {
+        for m in [
+            service(&t).metadata,
+            config_map(&t).metadata,
+            pod_disruption_budget(&t).metadata,
+        ] {
             assert_eq!(m.labels.as_ref().unwrap()[TENANT_LABEL], "t1");
             assert_eq!(m.owner_references.as_ref().unwrap()[0].uid, "uid-1");
-            assert_eq!(m.owner_references.as_ref().unwrap()[0].controller, Some(true));
+            assert_eq!(
+                m.owner_references.as_ref().unwrap()[0].controller,
+                Some(true)
+            );
         }
     }
 }

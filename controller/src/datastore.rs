@@ -14,16 +14,18 @@ use crate::context::Context;
 use crate::pki::{self, CertProfile, CertUsage, KeyPairPem};
 use crate::{Error, Result};
 use etcd_client::{
-    Certificate, Client as EtcdClient, ConnectOptions, DeleteOptions, Identity, Permission, TlsOptions, UserAddOptions,
+    Certificate, Client as EtcdClient, ConnectOptions, DeleteOptions, Identity, Permission,
+    TlsOptions, UserAddOptions,
 };
 use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Namespace, ObjectFieldSelector,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Namespace,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
@@ -76,7 +78,11 @@ pub struct Connection {
 
 impl Connection {
     fn fingerprint(&self) -> String {
-        crate::hash::of_strings(&[self.endpoints.join(","), self.ca.cert.clone(), self.root.cert.clone()])
+        crate::hash::of_strings(&[
+            self.endpoints.join(","),
+            self.ca.cert.clone(),
+            self.root.cert.clone(),
+        ])
     }
 }
 
@@ -88,7 +94,10 @@ pub struct ManagedNames {
 
 impl ManagedNames {
     pub fn new(ds: &DataStore, managed: &ManagedDataStore) -> Self {
-        Self { base: format!("{}-etcd", ds.name_any()), namespace: managed.namespace.clone() }
+        Self {
+            base: format!("{}-etcd", ds.name_any()),
+            namespace: managed.namespace.clone(),
+        }
     }
     pub fn ca_secret(&self) -> String {
         format!("{}-ca", self.base)
@@ -107,34 +116,62 @@ impl ManagedNames {
         format!("{}-client", self.base)
     }
     pub fn client_endpoint(&self) -> String {
-        format!("https://{}.{}.svc:{ETCD_CLIENT_PORT}", self.client_service(), self.namespace)
+        format!(
+            "https://{}.{}.svc:{ETCD_CLIENT_PORT}",
+            self.client_service(),
+            self.namespace
+        )
     }
     fn member(&self, i: i32) -> String {
         format!("{}-{i}", self.base)
     }
     fn member_host(&self, i: i32) -> String {
-        format!("{}.{}.{}.svc", self.member(i), self.peer_service(), self.namespace)
+        format!(
+            "{}.{}.{}.svc",
+            self.member(i),
+            self.peer_service(),
+            self.namespace
+        )
     }
 }
 
 async fn secret_key(client: &kube::Client, r: &SecretKeyRef, field: &str) -> Result<String> {
-    let secret = Api::<Secret>::namespaced(client.clone(), &r.namespace).get_opt(&r.name).await?.ok_or_else(|| {
-        Error::Invalid { field: field.into(), reason: format!("Secret {}/{} does not exist", r.namespace, r.name) }
-    })?;
-    let value = secret.data.and_then(|mut d| d.remove(&r.key)).ok_or_else(|| Error::Invalid {
+    let secret = Api::<Secret>::namespaced(client.clone(), &r.namespace)
+        .get_opt(&r.name)
+        .await?
+        .ok_or_else(|| Error::Invalid {
+            field: field.into(),
+            reason: format!("Secret {}/{} does not exist", r.namespace, r.name),
+        })?;
+    let value = secret
+        .data
+        .and_then(|mut d| d.remove(&r.key))
+        .ok_or_else(|| Error::Invalid {
+            field: field.into(),
+            reason: format!("Secret {}/{} has no key {}", r.namespace, r.name, r.key),
+        })?;
+    String::from_utf8(value.0).map_err(|_| Error::Invalid {
         field: field.into(),
-        reason: format!("Secret {}/{} has no key {}", r.namespace, r.name, r.key),
-    })?;
-    String::from_utf8(value.0)
-        .map_err(|_| Error::Invalid { field: field.into(), reason: format!("key {} is not PEM text", r.key) })
+        reason: format!("key {} is not PEM text", r.key),
+    })
 }
 
-async fn key_pair_from_secret(client: &kube::Client, namespace: &str, name: &str) -> Result<Option<KeyPairPem>> {
-    let Some(secret) = Api::<Secret>::namespaced(client.clone(), namespace).get_opt(name).await? else {
+async fn key_pair_from_secret(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<KeyPairPem>> {
+    let Some(secret) = Api::<Secret>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await?
+    else {
         return Ok(None);
     };
     let data = secret.data.unwrap_or_default();
-    let text = |k: &str| data.get(k).and_then(|v| String::from_utf8(v.0.clone()).ok());
+    let text = |k: &str| {
+        data.get(k)
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+    };
     Ok(match (text("tls.crt"), text("tls.key")) {
         (Some(cert), Some(key)) => Some(KeyPairPem { cert, key }),
         _ => None,
@@ -149,23 +186,58 @@ pub async fn connection(client: &kube::Client, ds: &DataStore) -> Result<Connect
         return Ok(Connection {
             endpoints: ext.endpoints.clone(),
             ca: KeyPairPem {
-                cert: secret_key(client, &ca.certificate, "spec.external.certificateAuthority.certificate").await?,
-                key: secret_key(client, &ca.private_key, "spec.external.certificateAuthority.privateKey").await?,
+                cert: secret_key(
+                    client,
+                    &ca.certificate,
+                    "spec.external.certificateAuthority.certificate",
+                )
+                .await?,
+                key: secret_key(
+                    client,
+                    &ca.private_key,
+                    "spec.external.certificateAuthority.privateKey",
+                )
+                .await?,
             },
             root: KeyPairPem {
-                cert: secret_key(client, &root.certificate, "spec.external.rootClientCertificate.certificate").await?,
-                key: secret_key(client, &root.private_key, "spec.external.rootClientCertificate.privateKey").await?,
+                cert: secret_key(
+                    client,
+                    &root.certificate,
+                    "spec.external.rootClientCertificate.certificate",
+                )
+                .await?,
+                key: secret_key(
+                    client,
+                    &root.private_key,
+                    "spec.external.rootClientCertificate.privateKey",
+                )
+                .await?,
             },
         });
     }
-    let managed = ds.spec.managed.as_ref().expect("admission requires managed or external");
+    let managed = ds
+        .spec
+        .managed
+        .as_ref()
+        .expect("admission requires managed or external");
     let names = ManagedNames::new(ds, managed);
-    let missing = |what: &str| Error::DataStore(format!("managed DataStore {} has no {what} yet", ds.name_any()));
-    let ca = key_pair_from_secret(client, &names.namespace, &names.ca_secret()).await?.ok_or_else(|| missing("CA"))?;
+    let missing = |what: &str| {
+        Error::DataStore(format!(
+            "managed DataStore {} has no {what} yet",
+            ds.name_any()
+        ))
+    };
+    let ca = key_pair_from_secret(client, &names.namespace, &names.ca_secret())
+        .await?
+        .ok_or_else(|| missing("CA"))?;
     let root = key_pair_from_secret(client, &names.namespace, &names.root_secret())
         .await?
         .ok_or_else(|| missing("root client certificate"))?;
-    Ok(Connection { endpoints: vec![names.client_endpoint()], ca, root })
+    Ok(Connection {
+        endpoints: vec![names.client_endpoint()],
+        ca,
+        root,
+    })
 }
 
 /// etcd clients, one per DataStore, so a reconcile does not pay a TLS handshake.
@@ -184,7 +256,10 @@ impl EtcdPool {
             return Ok(c.clone());
         }
         let client = connect(conn).await?;
-        self.clients.lock().unwrap().insert(ds_name.to_string(), (fingerprint, client.clone()));
+        self.clients
+            .lock()
+            .unwrap()
+            .insert(ds_name.to_string(), (fingerprint, client.clone()));
         Ok(client)
     }
 
@@ -218,7 +293,11 @@ pub async fn ensure_tenant(etcd: &mut EtcdClient, namespace: &str, name: &str) -
     let wanted = Permission::read_write(prefix.as_bytes().to_vec()).with_prefix();
     match etcd.role_get(user.as_str()).await {
         Ok(role) => {
-            if !role.permissions().iter().any(|p| p.key() == wanted.key() && p.range_end() == wanted.range_end()) {
+            if !role
+                .permissions()
+                .iter()
+                .any(|p| p.key() == wanted.key() && p.range_end() == wanted.range_end())
+            {
                 etcd.role_grant_permission(user.as_str(), wanted).await?;
             }
         }
@@ -236,7 +315,8 @@ pub async fn ensure_tenant(etcd: &mut EtcdClient, namespace: &str, name: &str) -
         }
         Err(e) if is_not_found(&e) => {
             // Certificate authentication only: the user has no password.
-            etcd.user_add(user.as_str(), "", Some(UserAddOptions::new().with_no_pwd())).await?;
+            etcd.user_add(user.as_str(), "", Some(UserAddOptions::new().with_no_pwd()))
+                .await?;
             etcd.user_grant_role(user.as_str(), user.as_str()).await?;
         }
         Err(e) => return Err(e.into()),
@@ -248,11 +328,16 @@ pub async fn ensure_tenant(etcd: &mut EtcdClient, namespace: &str, name: &str) -
 pub async fn remove_tenant(etcd: &mut EtcdClient, namespace: &str, name: &str) -> Result<i64> {
     let user = etcd_user(namespace, name);
     let deleted = etcd
-        .delete(role_prefix(namespace, name).into_bytes(), Some(DeleteOptions::new().with_prefix()))
+        .delete(
+            role_prefix(namespace, name).into_bytes(),
+            Some(DeleteOptions::new().with_prefix()),
+        )
         .await?
         .deleted();
-    for result in [etcd.user_delete(user.as_str()).await.map(|_| ()), etcd.role_delete(user.as_str()).await.map(|_| ())]
-    {
+    for result in [
+        etcd.user_delete(user.as_str()).await.map(|_| ()),
+        etcd.role_delete(user.as_str()).await.map(|_| ()),
+    ] {
         match result {
             Ok(()) => {}
             Err(e) if is_not_found(&e) => {}
@@ -268,7 +353,8 @@ pub async fn ensure_auth_enabled(etcd: &mut EtcdClient) -> Result<()> {
     match etcd.user_get("root").await {
         Ok(_) => {}
         Err(e) if is_not_found(&e) => {
-            etcd.user_add("root", "", Some(UserAddOptions::new().with_no_pwd())).await?;
+            etcd.user_add("root", "", Some(UserAddOptions::new().with_no_pwd()))
+                .await?;
         }
         Err(e) => return Err(e.into()),
     }
@@ -285,11 +371,17 @@ pub async fn ensure_auth_enabled(etcd: &mut EtcdClient) -> Result<()> {
 
 /// The DataStore a tenant uses: spec, else the one recorded in status, else the default one.
 pub async fn resolve_name(client: &kube::Client, tcp: &TenantControlPlane) -> Result<String> {
-    if let Some(name) = tcp.spec.data_store.clone().or_else(|| tcp.status.as_ref().and_then(|s| s.data_store.clone()))
+    if let Some(name) = tcp
+        .spec
+        .data_store
+        .clone()
+        .or_else(|| tcp.status.as_ref().and_then(|s| s.data_store.clone()))
     {
         return Ok(name);
     }
-    let all = Api::<DataStore>::all(client.clone()).list(&ListParams::default()).await?;
+    let all = Api::<DataStore>::all(client.clone())
+        .list(&ListParams::default())
+        .await?;
     let defaults: Vec<String> = all
         .items
         .iter()
@@ -304,7 +396,10 @@ pub async fn resolve_name(client: &kube::Client, tcp: &TenantControlPlane) -> Re
         }),
         many => Err(Error::Invalid {
             field: "spec.dataStore".into(),
-            reason: format!("is unset and several DataStores are marked default: {}", many.join(", ")),
+            reason: format!(
+                "is unset and several DataStores are marked default: {}",
+                many.join(", ")
+            ),
         }),
     }
 }
@@ -325,7 +420,10 @@ fn managed_meta(ds: &DataStore, names: &ManagedNames, name: String) -> ObjectMet
 fn etcd_selector(ds: &DataStore) -> BTreeMap<String, String> {
     BTreeMap::from([
         (DATASTORE_LABEL.to_string(), ds.name_any()),
-        ("app.kubernetes.io/component".to_string(), "etcd".to_string()),
+        (
+            "app.kubernetes.io/component".to_string(),
+            "etcd".to_string(),
+        ),
     ])
 }
 
@@ -363,7 +461,10 @@ pub fn managed_services(ds: &DataStore, names: &ManagedNames) -> [Service; 2] {
                 // Members must find each other before any is ready.
                 publish_not_ready_addresses: Some(true),
                 selector: Some(etcd_selector(ds)),
-                ports: Some(vec![port("client", ETCD_CLIENT_PORT), port("peer", ETCD_PEER_PORT)]),
+                ports: Some(vec![
+                    port("client", ETCD_CLIENT_PORT),
+                    port("peer", ETCD_PEER_PORT),
+                ]),
                 ..Default::default()
             }),
             ..Default::default()
@@ -381,13 +482,31 @@ pub fn managed_services(ds: &DataStore, names: &ManagedNames) -> [Service; 2] {
 }
 
 /// The etcd StatefulSet of a managed DataStore.
-pub fn managed_statefulset(ds: &DataStore, managed: &ManagedDataStore, names: &ManagedNames, pki_hash: &str) -> StatefulSet {
-    let image = managed.image.clone().unwrap_or_else(|| format!("registry.k8s.io/etcd:{ETCD_DEFAULT_IMAGE_TAG}"));
+pub fn managed_statefulset(
+    ds: &DataStore,
+    managed: &ManagedDataStore,
+    names: &ManagedNames,
+    pki_hash: &str,
+) -> StatefulSet {
+    let image = managed
+        .image
+        .clone()
+        .unwrap_or_else(|| format!("registry.k8s.io/etcd:{ETCD_DEFAULT_IMAGE_TAG}"));
     let initial_cluster: Vec<String> = (0..managed.replicas)
-        .map(|i| format!("{}=https://{}:{ETCD_PEER_PORT}", names.member(i), names.member_host(i)))
+        .map(|i| {
+            format!(
+                "{}=https://{}:{ETCD_PEER_PORT}",
+                names.member(i),
+                names.member_host(i)
+            )
+        })
         .collect();
     let pki = "/etc/etcd/pki";
-    let host = format!("$(POD_NAME).{}.{}.svc", names.peer_service(), names.namespace);
+    let host = format!(
+        "$(POD_NAME).{}.{}.svc",
+        names.peer_service(),
+        names.namespace
+    );
     let args = vec![
         "--name=$(POD_NAME)".to_string(),
         "--data-dir=/var/lib/etcd/data".into(),
@@ -430,7 +549,10 @@ pub fn managed_statefulset(ds: &DataStore, managed: &ManagedDataStore, names: &M
             service_name: Some(names.peer_service()),
             // All members must start together to form the initial cluster.
             pod_management_policy: Some("Parallel".into()),
-            selector: LabelSelector { match_labels: Some(etcd_selector(ds)), ..Default::default() },
+            selector: LabelSelector {
+                match_labels: Some(etcd_selector(ds)),
+                ..Default::default()
+            },
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some({
@@ -438,7 +560,10 @@ pub fn managed_statefulset(ds: &DataStore, managed: &ManagedDataStore, names: &M
                         l.extend(etcd_selector(ds));
                         l
                     }),
-                    annotations: Some(BTreeMap::from([("checksum.orrery.dev/pki".to_string(), pki_hash.to_string())])),
+                    annotations: Some(BTreeMap::from([(
+                        "checksum.orrery.dev/pki".to_string(),
+                        pki_hash.to_string(),
+                    )])),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
@@ -449,7 +574,10 @@ pub fn managed_statefulset(ds: &DataStore, managed: &ManagedDataStore, names: &M
                         run_as_user: Some(65532),
                         run_as_group: Some(65532),
                         fs_group: Some(65532),
-                        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..Default::default()
+                        }),
                         ..Default::default()
                     }),
                     containers: vec![Container {
@@ -469,23 +597,40 @@ pub fn managed_statefulset(ds: &DataStore, managed: &ManagedDataStore, names: &M
                             ..Default::default()
                         }]),
                         ports: Some(vec![
-                            ContainerPort { name: Some("client".into()), container_port: ETCD_CLIENT_PORT, ..Default::default() },
-                            ContainerPort { name: Some("peer".into()), container_port: ETCD_PEER_PORT, ..Default::default() },
-                            ContainerPort { name: Some("metrics".into()), container_port: ETCD_METRICS_PORT, ..Default::default() },
+                            ContainerPort {
+                                name: Some("client".into()),
+                                container_port: ETCD_CLIENT_PORT,
+                                ..Default::default()
+                            },
+                            ContainerPort {
+                                name: Some("peer".into()),
+                                container_port: ETCD_PEER_PORT,
+                                ..Default::default()
+                            },
+                            ContainerPort {
+                                name: Some("metrics".into()),
+                                container_port: ETCD_METRICS_PORT,
+                                ..Default::default()
+                            },
                         ]),
                         startup_probe: Some(probe("/readyz", 2, 90)),
                         liveness_probe: Some(probe("/livez", 10, 6)),
                         readiness_probe: Some(probe("/readyz", 5, 3)),
-                        resources: Some(managed.resources.clone().unwrap_or_else(|| ResourceRequirements {
-                            requests: Some(BTreeMap::from([
-                                ("cpu".to_string(), Quantity("100m".into())),
-                                ("memory".to_string(), Quantity("256Mi".into())),
-                            ])),
-                            ..Default::default()
+                        resources: Some(managed.resources.clone().unwrap_or_else(|| {
+                            ResourceRequirements {
+                                requests: Some(BTreeMap::from([
+                                    ("cpu".to_string(), Quantity("100m".into())),
+                                    ("memory".to_string(), Quantity("256Mi".into())),
+                                ])),
+                                ..Default::default()
+                            }
                         })),
                         security_context: Some(SecurityContext {
                             allow_privilege_escalation: Some(false),
-                            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+                            capabilities: Some(Capabilities {
+                                drop: Some(vec!["ALL".into()]),
+                                ..Default::default()
+                            }),
                             read_only_root_filesystem: Some(true),
                             run_as_non_root: Some(true),
                             seccomp_profile: Some(SeccompProfile {
@@ -495,7 +640,11 @@ pub fn managed_statefulset(ds: &DataStore, managed: &ManagedDataStore, names: &M
                             ..Default::default()
                         }),
                         volume_mounts: Some(vec![
-                            VolumeMount { name: "data".into(), mount_path: "/var/lib/etcd".into(), ..Default::default() },
+                            VolumeMount {
+                                name: "data".into(),
+                                mount_path: "/var/lib/etcd".into(),
+                                ..Default::default()
+                            },
                             VolumeMount {
                                 name: "pki".into(),
                                 mount_path: pki.into(),
@@ -518,12 +667,18 @@ pub fn managed_statefulset(ds: &DataStore, managed: &ManagedDataStore, names: &M
                 }),
             },
             volume_claim_templates: Some(vec![PersistentVolumeClaim {
-                metadata: ObjectMeta { name: Some("data".into()), ..Default::default() },
+                metadata: ObjectMeta {
+                    name: Some("data".into()),
+                    ..Default::default()
+                },
                 spec: Some(PersistentVolumeClaimSpec {
                     access_modes: Some(vec!["ReadWriteOnce".into()]),
                     storage_class_name: managed.storage_class_name.clone(),
                     resources: Some(VolumeResourceRequirements {
-                        requests: Some(BTreeMap::from([("storage".to_string(), Quantity(managed.storage_size.clone()))])),
+                        requests: Some(BTreeMap::from([(
+                            "storage".to_string(),
+                            Quantity(managed.storage_size.clone()),
+                        )])),
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -537,11 +692,18 @@ pub fn managed_statefulset(ds: &DataStore, managed: &ManagedDataStore, names: &M
 }
 
 fn string_data(map: &BTreeMap<String, String>) -> BTreeMap<String, ByteString> {
-    map.iter().map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes()))).collect()
+    map.iter()
+        .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
+        .collect()
 }
 
 fn secret(meta: ObjectMeta, data: &BTreeMap<String, String>) -> Secret {
-    Secret { metadata: meta, data: Some(string_data(data)), type_: Some("kubernetes.io/tls".into()), ..Default::default() }
+    Secret {
+        metadata: meta,
+        data: Some(string_data(data)),
+        type_: Some("kubernetes.io/tls".into()),
+        ..Default::default()
+    }
 }
 
 fn pem_pair(kp: &KeyPairPem, ca: &KeyPairPem) -> BTreeMap<String, String> {
@@ -553,7 +715,11 @@ fn pem_pair(kp: &KeyPairPem, ca: &KeyPairPem) -> BTreeMap<String, String> {
 }
 
 /// Keeps an existing key pair while it is valid for `profile`, otherwise issues a new one.
-fn keep_or_issue(existing: Option<KeyPairPem>, ca: &KeyPairPem, profile: &CertProfile) -> Result<KeyPairPem> {
+fn keep_or_issue(
+    existing: Option<KeyPairPem>,
+    ca: &KeyPairPem,
+    profile: &CertProfile,
+) -> Result<KeyPairPem> {
     let now = SystemTime::now();
     if let Some(kp) = existing
         && pki::is_valid_for(&kp, ca, profile, now)
@@ -588,8 +754,15 @@ async fn apply_managed(ctx: &Context, ds: &DataStore, managed: &ManagedDataStore
         Some(ca) => ca,
         None => pki::generate_ca(&format!("{} etcd CA", ds.name_any()), pki::CA_VALIDITY)?,
     };
-    let mut ca_data = BTreeMap::from([("tls.crt".to_string(), ca.cert.clone()), ("tls.key".to_string(), ca.key.clone())]);
-    apply(&secrets, &secret(managed_meta(ds, &names, names.ca_secret()), &ca_data)).await?;
+    let mut ca_data = BTreeMap::from([
+        ("tls.crt".to_string(), ca.cert.clone()),
+        ("tls.key".to_string(), ca.key.clone()),
+    ]);
+    apply(
+        &secrets,
+        &secret(managed_meta(ds, &names, names.ca_secret()), &ca_data),
+    )
+    .await?;
     ca_data.clear();
 
     let server_profile = CertProfile {
@@ -606,11 +779,28 @@ async fn apply_managed(ctx: &Context, ds: &DataStore, managed: &ManagedDataStore
         &server_profile,
     )?;
     let server_data = pem_pair(&server, &ca);
-    apply(&secrets, &secret(managed_meta(ds, &names, names.server_secret()), &server_data)).await?;
+    apply(
+        &secrets,
+        &secret(
+            managed_meta(ds, &names, names.server_secret()),
+            &server_data,
+        ),
+    )
+    .await?;
     let root_profile = CertProfile::client("root", &[], MANAGED_LEAF_VALIDITY);
-    let root =
-        keep_or_issue(key_pair_from_secret(client, &names.namespace, &names.root_secret()).await?, &ca, &root_profile)?;
-    apply(&secrets, &secret(managed_meta(ds, &names, names.root_secret()), &pem_pair(&root, &ca))).await?;
+    let root = keep_or_issue(
+        key_pair_from_secret(client, &names.namespace, &names.root_secret()).await?,
+        &ca,
+        &root_profile,
+    )?;
+    apply(
+        &secrets,
+        &secret(
+            managed_meta(ds, &names, names.root_secret()),
+            &pem_pair(&root, &ca),
+        ),
+    )
+    .await?;
 
     let services = Api::<Service>::namespaced(client.clone(), &names.namespace);
     for svc in managed_services(ds, &names) {
@@ -618,7 +808,11 @@ async fn apply_managed(ctx: &Context, ds: &DataStore, managed: &ManagedDataStore
     }
     let pki_hash = crate::hash::of_strings(&[server_data["tls.crt"].clone(), ca.cert.clone()]);
     let sts = managed_statefulset(ds, managed, &names, &pki_hash);
-    apply(&Api::<StatefulSet>::namespaced(client.clone(), &names.namespace), &sts).await?;
+    apply(
+        &Api::<StatefulSet>::namespaced(client.clone(), &names.namespace),
+        &sts,
+    )
+    .await?;
     Ok(())
 }
 
@@ -629,7 +823,8 @@ fn tenants_using(all: &[TenantControlPlane], ds: &str) -> Vec<String> {
     let mut used: Vec<String> = all
         .iter()
         .filter(|t| {
-            t.status.as_ref().and_then(|s| s.data_store.as_deref()) == Some(ds) || t.spec.data_store.as_deref() == Some(ds)
+            t.status.as_ref().and_then(|s| s.data_store.as_deref()) == Some(ds)
+                || t.spec.data_store.as_deref() == Some(ds)
         })
         .map(|t| format!("{}/{}", t.namespace().unwrap_or_default(), t.name_any()))
         .collect();
@@ -644,7 +839,9 @@ async fn reconcile(ds: Arc<DataStore>, ctx: Arc<Context>) -> Result<Action> {
     let api = Api::<DataStore>::all(client.clone());
     let name = ds.name_any();
     let recorder = Recorder::new(client.clone(), ctx.reporter.clone());
-    let tenants = Api::<TenantControlPlane>::all(client.clone()).list(&ListParams::default()).await?;
+    let tenants = Api::<TenantControlPlane>::all(client.clone())
+        .list(&ListParams::default())
+        .await?;
     let used_by = tenants_using(&tenants.items, &name);
 
     if ds.meta().deletion_timestamp.is_some() {
@@ -658,7 +855,10 @@ async fn reconcile(ds: Arc<DataStore>, ctx: Arc<Context>) -> Result<Action> {
                 &Event {
                     type_: EventType::Warning,
                     reason: "DataStoreInUse".into(),
-                    note: Some(format!("not deleted while in use by {}", used_by.join(", "))),
+                    note: Some(format!(
+                        "not deleted while in use by {}",
+                        used_by.join(", ")
+                    )),
                     action: "Delete".into(),
                     secondary: None,
                 },
@@ -671,7 +871,8 @@ async fn reconcile(ds: Arc<DataStore>, ctx: Arc<Context>) -> Result<Action> {
         let patch = serde_json::json!({
             "metadata": { "finalizers": finalizers, "resourceVersion": ds.resource_version() }
         });
-        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
     }
 
     if let Some(managed) = &ds.spec.managed
@@ -691,7 +892,12 @@ async fn reconcile(ds: Arc<DataStore>, ctx: Arc<Context>) -> Result<Action> {
                         None => etcd.status().await.map(|_| ()).map_err(Into::into),
                     };
                     match checked {
-                        Ok(()) => (true, "Reachable", "etcd answers as root".to_string(), endpoints),
+                        Ok(()) => (
+                            true,
+                            "Reachable",
+                            "etcd answers as root".to_string(),
+                            endpoints,
+                        ),
                         Err(e) => {
                             ctx.etcd.forget(&name);
                             (false, "Unreachable", e.to_string(), endpoints)
@@ -713,23 +919,48 @@ async fn reconcile(ds: Arc<DataStore>, ctx: Arc<Context>) -> Result<Action> {
         conditions: old.conditions.clone(),
     };
     let now = Time(jiff::Timestamp::now());
-    conditions::set(&mut status.conditions, conditions::READY, ready, reason, message, ds.meta().generation, &now);
+    conditions::set(
+        &mut status.conditions,
+        conditions::READY,
+        ready,
+        reason,
+        message,
+        ds.meta().generation,
+        &now,
+    );
     if status != old {
         if !ready && conditions::is_true(&old.conditions, conditions::READY) {
             warn!(%name, "DataStore became unreachable");
         }
         let patch = serde_json::json!({ "status": status });
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
     }
-    Ok(if ready { Action::requeue(ctx.settings.resync) } else { Action::requeue(Duration::from_secs(10)) })
+    Ok(if ready {
+        Action::requeue(ctx.settings.resync)
+    } else {
+        Action::requeue(Duration::from_secs(10))
+    })
 }
 
 async fn remove_finalizer(api: &Api<DataStore>, ds: &DataStore) -> Result<()> {
-    let finalizers: Vec<String> = ds.finalizers().iter().filter(|f| *f != PROTECTION_FINALIZER).cloned().collect();
+    let finalizers: Vec<String> = ds
+        .finalizers()
+        .iter()
+        .filter(|f| *f != PROTECTION_FINALIZER)
+        .cloned()
+        .collect();
     let patch = serde_json::json!({
         "metadata": { "finalizers": finalizers, "resourceVersion": ds.resource_version() }
     });
-    match api.patch(&ds.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+    match api
+        .patch(
+            &ds.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
@@ -743,12 +974,28 @@ fn error_policy(_ds: Arc<DataStore>, error: &Error, ctx: Arc<Context>) -> Action
 }
 
 /// Runs the DataStore controller until `shutdown` completes.
-pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
-    let managed_children = watcher::Config::default().labels(&format!("{}={}", crate::apply::MANAGED_BY.0, crate::apply::MANAGED_BY.1));
-    Controller::new(Api::<DataStore>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<StatefulSet>::all(client.clone()), managed_children.clone())
-        .watches(Api::<TenantControlPlane>::all(client.clone()), watcher::Config::default(), |tcp| {
+    let managed_children = watcher::Config::default().labels(&format!(
+        "{}={}",
+        crate::apply::MANAGED_BY.0,
+        crate::apply::MANAGED_BY.1
+    ));
+    Controller::new(
+        Api::<DataStore>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(
+        Api::<StatefulSet>::all(client.clone()),
+        managed_children.clone(),
+    )
+    .watches(
+        Api::<TenantControlPlane>::all(client.clone()),
+        watcher::Config::default(),
+        |tcp| {
             let mut refs: Vec<ObjectRef<DataStore>> = Vec::new();
             if let Some(ds) = tcp.status.as_ref().and_then(|s| s.data_store.clone()) {
                 refs.push(ObjectRef::new(&ds));
@@ -757,15 +1004,16 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
                 refs.push(ObjectRef::new(&ds));
             }
             refs
-        })
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Ok((obj, _)) = res {
-                info!(datastore = %obj.name, "reconciled");
-            }
-        })
-        .await;
+        },
+    )
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|res| async move {
+        if let Ok((obj, _)) = res {
+            info!(datastore = %obj.name, "reconciled");
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -775,7 +1023,13 @@ mod tests {
 
     fn managed_ds() -> (DataStore, ManagedDataStore) {
         let managed: ManagedDataStore = serde_yaml_ng::from_str("namespace: orrery-etcd").unwrap();
-        let mut ds = DataStore::new("shared", DataStoreSpec { managed: Some(managed.clone()), external: None });
+        let mut ds = DataStore::new(
+            "shared",
+            DataStoreSpec {
+                managed: Some(managed.clone()),
+                external: None,
+            },
+        );
         ds.metadata.uid = Some("ds-uid".into());
         (ds, managed)
     }
@@ -808,12 +1062,27 @@ mod tests {
         assert!(args.iter().any(|a| a
             == "--initial-cluster=shared-etcd-0=https://shared-etcd-0.shared-etcd.orrery-etcd.svc:2380,shared-etcd-1=https://shared-etcd-1.shared-etcd.orrery-etcd.svc:2380,shared-etcd-2=https://shared-etcd-2.shared-etcd.orrery-etcd.svc:2380"));
         assert_eq!(c.image.as_deref(), Some("registry.k8s.io/etcd:3.6.4-0"));
-        assert_eq!(c.security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
+        assert_eq!(
+            c.security_context
+                .as_ref()
+                .unwrap()
+                .read_only_root_filesystem,
+            Some(true)
+        );
         let [peer, client] = managed_services(&ds, &names);
-        assert_eq!(peer.spec.as_ref().unwrap().cluster_ip.as_deref(), Some("None"));
-        assert_eq!(peer.spec.as_ref().unwrap().publish_not_ready_addresses, Some(true));
+        assert_eq!(
+            peer.spec.as_ref().unwrap().cluster_ip.as_deref(),
+            Some("None")
+        );
+        assert_eq!(
+            peer.spec.as_ref().unwrap().publish_not_ready_addresses,
+            Some(true)
+        );
         assert_eq!(client.metadata.name.as_deref(), Some("shared-etcd-client"));
-        assert_eq!(names.client_endpoint(), "https://shared-etcd-client.orrery-etcd.svc:2379");
+        assert_eq!(
+            names.client_endpoint(),
+            "https://shared-etcd-client.orrery-etcd.svc:2379"
+        );
         let dns = server_dns_names(&names, 3);
         assert!(dns.contains(&"shared-etcd-2.shared-etcd.orrery-etcd.svc".to_string()));
         assert!(dns.contains(&"shared-etcd-client.orrery-etcd.svc".to_string()));
@@ -823,7 +1092,8 @@ mod tests {
     #[test]
     fn used_by_lists_tenants_by_spec_or_status() {
         let mk = |ns: &str, name: &str, spec_ds: Option<&str>, status_ds: Option<&str>| {
-            let mut spec: crate::api::TenantControlPlaneSpec = serde_yaml_ng::from_str("version: v1.34.4").unwrap();
+            let mut spec: crate::api::TenantControlPlaneSpec =
+                serde_yaml_ng::from_str("version: v1.34.4").unwrap();
             spec.data_store = spec_ds.map(Into::into);
             let mut t = TenantControlPlane::new(name, spec);
             t.metadata.namespace = Some(ns.into());

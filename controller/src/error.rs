@@ -38,9 +38,8 @@ impl Error {
             Error::DataStore(_) => "DataStore",
             Error::Io(_) => "Io",
             Error::Finalizer(e) => match e.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
-                    e.kind()
-                }
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.kind(),
                 _ => "Finalizer",
             },
         }

@@ -17,7 +17,10 @@ pub fn of_strings<S: AsRef<str>>(parts: &[S]) -> String {
 
 /// Hash of a Secret's or ConfigMap's data (keys are sorted by the map).
 pub fn of_map(map: &BTreeMap<String, String>) -> String {
-    let parts: Vec<&str> = map.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()]).collect();
+    let parts: Vec<&str> = map
+        .iter()
+        .flat_map(|(k, v)| [k.as_str(), v.as_str()])
+        .collect();
     of_strings(&parts)
 }
 

@@ -81,7 +81,9 @@ impl Metrics {
     /// when the returned value is dropped, so keep it alive for the whole reconciliation.
     #[must_use = "the duration is recorded when the measurer is dropped"]
     pub fn reconcile_started(&self, controller: &'static str) -> ReconcileMeasurer {
-        self.reconciles.get_or_create(&ControllerLabels { controller }).inc();
+        self.reconciles
+            .get_or_create(&ControllerLabels { controller })
+            .inc();
         ReconcileMeasurer {
             durations: self.durations.clone(),
             controller,
@@ -92,7 +94,10 @@ impl Metrics {
     /// Counts a failed reconciliation of `controller`, labelled with the error's kind.
     pub fn reconcile_failed(&self, controller: &'static str, error: &crate::Error) {
         self.errors
-            .get_or_create(&ErrorLabels { controller, error: error.kind() })
+            .get_or_create(&ErrorLabels {
+                controller,
+                error: error.kind(),
+            })
             .inc();
     }
 
@@ -107,7 +112,10 @@ impl Metrics {
     /// (see [`crate::Error::kind`]).
     pub fn reconcile_errors(&self, controller: &'static str, kind: &'static str) -> u64 {
         self.errors
-            .get(&ErrorLabels { controller, error: kind })
+            .get(&ErrorLabels {
+                controller,
+                error: kind,
+            })
             .map_or(0, |c| c.get())
     }
 }
@@ -125,7 +133,9 @@ impl Drop for ReconcileMeasurer {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed().as_secs_f64();
         self.durations
-            .get_or_create(&ControllerLabels { controller: self.controller })
+            .get_or_create(&ControllerLabels {
+                controller: self.controller,
+            })
             .observe(elapsed);
     }
 }
@@ -170,28 +180,46 @@ mod tests {
         let text = encode(&registry);
         assert!(has_line(&text, "# TYPE orrery_reconcile counter"), "{text}");
         assert!(
-            has_line(&text, r#"orrery_reconcile_total{controller="tenantcontrolplane"} 3"#),
+            has_line(
+                &text,
+                r#"orrery_reconcile_total{controller="tenantcontrolplane"} 3"#
+            ),
             "{text}"
         );
-        assert!(has_line(&text, r#"orrery_reconcile_total{controller="datastore"} 1"#), "{text}");
+        assert!(
+            has_line(&text, r#"orrery_reconcile_total{controller="datastore"} 1"#),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 
     #[test]
     fn counts_errors_by_kind() {
         let (registry, metrics) = registered();
-        let invalid = crate::Error::Invalid { field: "spec.version".into(), reason: "bad".into() };
-        let missing = crate::Error::NotFound { what: "Secret", name: "ca".into() };
+        let invalid = crate::Error::Invalid {
+            field: "spec.version".into(),
+            reason: "bad".into(),
+        };
+        let missing = crate::Error::NotFound {
+            what: "Secret",
+            name: "ca".into(),
+        };
         metrics.reconcile_failed("tenantcontrolplane", &invalid);
         metrics.reconcile_failed("tenantcontrolplane", &invalid);
         metrics.reconcile_failed("datastore", &missing);
 
-        assert_eq!(metrics.reconcile_errors("tenantcontrolplane", "InvalidSpec"), 2);
+        assert_eq!(
+            metrics.reconcile_errors("tenantcontrolplane", "InvalidSpec"),
+            2
+        );
         assert_eq!(metrics.reconcile_errors("datastore", "NotFound"), 1);
         assert_eq!(metrics.reconcile_errors("datastore", "InvalidSpec"), 0);
 
         let text = encode(&registry);
-        assert!(has_line(&text, "# TYPE orrery_reconcile_errors counter"), "{text}");
+        assert!(
+            has_line(&text, "# TYPE orrery_reconcile_errors counter"),
+            "{text}"
+        );
         assert!(
             has_line(
                 &text,
@@ -200,7 +228,10 @@ mod tests {
             "{text}"
         );
         assert!(
-            has_line(&text, r#"orrery_reconcile_errors_total{controller="datastore",error="NotFound"} 1"#),
+            has_line(
+                &text,
+                r#"orrery_reconcile_errors_total{controller="datastore",error="NotFound"} 1"#
+            ),
             "{text}"
         );
     }
@@ -210,20 +241,42 @@ mod tests {
         let (registry, metrics) = registered();
         let measurer = metrics.reconcile_started("datastore");
         let text = encode(&registry);
-        assert!(!text.contains("orrery_reconcile_duration_seconds_count{"), "recorded before the drop:\n{text}");
+        assert!(
+            !text.contains("orrery_reconcile_duration_seconds_count{"),
+            "recorded before the drop:\n{text}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
         drop(measurer);
 
         let text = encode(&registry);
-        assert!(has_line(&text, "# TYPE orrery_reconcile_duration_seconds histogram"), "{text}");
-        assert!(has_line(&text, "# UNIT orrery_reconcile_duration_seconds seconds"), "{text}");
         assert!(
-            has_line(&text, r#"orrery_reconcile_duration_seconds_count{controller="datastore"} 1"#),
+            has_line(&text, "# TYPE orrery_reconcile_duration_seconds histogram"),
+            "{text}"
+        );
+        assert!(
+            has_line(&text, "# UNIT orrery_reconcile_duration_seconds seconds"),
+            "{text}"
+        );
+        assert!(
+            has_line(
+                &text,
+                r#"orrery_reconcile_duration_seconds_count{controller="datastore"} 1"#
+            ),
             "{text}"
         );
         // 5 ms or more: not in the 1, 2 and 4 ms buckets, in the 64 ms one and in +Inf.
-        let bucket = |le: &str| format!(r#"orrery_reconcile_duration_seconds_bucket{{le="{le}",controller="datastore"}}"#);
-        for (le, count) in [("0.001", 0), ("0.004", 0), ("0.064", 1), ("65.536", 1), ("+Inf", 1)] {
+        let bucket = |le: &str| {
+            format!(
+                r#"orrery_reconcile_duration_seconds_bucket{{le="{le}",controller="datastore"}}"#
+            )
+        };
+        for (le, count) in [
+            ("0.001", 0),
+            ("0.004", 0),
+            ("0.064", 1),
+            ("65.536", 1),
+            ("+Inf", 1),
+        ] {
             let line = format!("{} {count}", bucket(le));
             assert!(has_line(&text, &line), "missing {line:?} in\n{text}");
         }

@@ -8,7 +8,9 @@
 
 use crate::api::{DataStore, SecretRef, TenantControlPlane, TenantControlPlaneStatus};
 use crate::apply::{MANAGED_BY, apply};
-use crate::conditions::{self, CERTIFICATES_READY, CONTROL_PLANE_AVAILABLE, DATASTORE_READY, READY};
+use crate::conditions::{
+    self, CERTIFICATES_READY, CONTROL_PLANE_AVAILABLE, DATASTORE_READY, READY,
+};
 use crate::context::Context;
 use crate::controlplane::{self, DeploymentInputs, Names};
 use crate::datastore::{self, Connection};
@@ -99,11 +101,25 @@ impl Tenant {
 
     fn set(&mut self, condition: &str, ok: bool, reason: &str, message: impl Into<String>) {
         let generation = self.tcp.meta().generation;
-        conditions::set(&mut self.status.conditions, condition, ok, reason, message, generation, &self.now);
+        conditions::set(
+            &mut self.status.conditions,
+            condition,
+            ok,
+            reason,
+            message,
+            generation,
+            &self.now,
+        );
     }
 
     async fn event(&self, type_: EventType, reason: &str, note: String) {
-        let ev = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
         if let Err(e) = self.recorder.publish(&ev, &self.tcp.object_ref(&())).await {
             warn!(error = %e, "cannot publish event");
         }
@@ -116,15 +132,29 @@ impl Tenant {
             Ok(next_renewal) => {
                 let wait = next_renewal
                     .and_then(|t| t.duration_since(SystemTime::now()).ok())
-                    .map_or(self.ctx.settings.resync, |d| d.min(self.ctx.settings.resync));
+                    .map_or(self.ctx.settings.resync, |d| {
+                        d.min(self.ctx.settings.resync)
+                    });
                 Action::requeue(wait.max(Duration::from_secs(1)))
             }
             Err(Ok(blocked)) => {
-                let previous = self.status.conditions.iter().find(|c| c.type_ == blocked.condition).cloned();
-                self.set(blocked.condition, false, blocked.reason, blocked.message.clone());
-                let changed = previous.is_none_or(|c| c.status != "False" || c.reason != blocked.reason);
+                let previous = self
+                    .status
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == blocked.condition)
+                    .cloned();
+                self.set(
+                    blocked.condition,
+                    false,
+                    blocked.reason,
+                    blocked.message.clone(),
+                );
+                let changed =
+                    previous.is_none_or(|c| c.status != "False" || c.reason != blocked.reason);
                 if changed {
-                    self.event(EventType::Warning, blocked.reason, blocked.message).await;
+                    self.event(EventType::Warning, blocked.reason, blocked.message)
+                        .await;
                 }
                 Action::requeue(RETRY)
             }
@@ -143,7 +173,9 @@ impl Tenant {
         let (ds_name, conn) = self.datastore().await?;
         self.status.data_store = Some(ds_name.clone());
 
-        let service = apply(&self.api::<Service>(), &controlplane::service(&self.tcp)).await.map_err(Err)?;
+        let service = apply(&self.api::<Service>(), &controlplane::service(&self.tcp))
+            .await
+            .map_err(Err)?;
         let Some((endpoint, service_ips)) = endpoint_of(&self.tcp, &service) else {
             return Err(Ok(Blocked {
                 condition: CONTROL_PLANE_AVAILABLE,
@@ -159,13 +191,24 @@ impl Tenant {
         self.tenant_in_datastore(&ds_name, &conn).await?;
 
         let config_map = controlplane::config_map(&self.tcp);
-        apply(&self.api::<ConfigMap>(), &config_map).await.map_err(Err)?;
+        apply(&self.api::<ConfigMap>(), &config_map)
+            .await
+            .map_err(Err)?;
         let config_hashes = BTreeMap::from([
             (self.names.ca(), crate::hash::of_map(&desired.ca)),
-            (self.names.service_account(), crate::hash::of_map(&desired.service_account)),
+            (
+                self.names.service_account(),
+                crate::hash::of_map(&desired.service_account),
+            ),
             (self.names.certs(), crate::hash::of_map(&desired.certs)),
-            (self.names.kubeconfigs(), crate::hash::of_map(&desired.component_kubeconfigs)),
-            (self.names.config(), crate::hash::of_map(&config_map.data.clone().unwrap_or_default())),
+            (
+                self.names.kubeconfigs(),
+                crate::hash::of_map(&desired.component_kubeconfigs),
+            ),
+            (
+                self.names.config(),
+                crate::hash::of_map(&config_map.data.clone().unwrap_or_default()),
+            ),
         ]);
         let inputs = DeploymentInputs {
             images: controlplane::images(&self.tcp, &self.ctx.settings),
@@ -174,11 +217,18 @@ impl Tenant {
             advertise_address: service_ips.first().map(ToString::to_string),
             config_hashes,
         };
-        let deployment =
-            apply(&self.api::<Deployment>(), &controlplane::deployment(&self.tcp, &inputs)).await.map_err(Err)?;
-        apply(&self.api::<PodDisruptionBudget>(), &controlplane::pod_disruption_budget(&self.tcp))
-            .await
-            .map_err(Err)?;
+        let deployment = apply(
+            &self.api::<Deployment>(),
+            &controlplane::deployment(&self.tcp, &inputs),
+        )
+        .await
+        .map_err(Err)?;
+        apply(
+            &self.api::<PodDisruptionBudget>(),
+            &controlplane::pod_disruption_budget(&self.tcp),
+        )
+        .await
+        .map_err(Err)?;
 
         self.observe_deployment(&deployment);
         Ok(next_renewal)
@@ -187,23 +237,37 @@ impl Tenant {
     /// Resolves the DataStore and how to reach it.
     async fn datastore(&mut self) -> Result<(String, Connection), Result<Blocked, Error>> {
         let client = &self.ctx.client;
-        let name = datastore::resolve_name(client, &self.tcp).await.map_err(|e| match e {
-            Error::Invalid { field, reason } => {
-                Ok(Blocked { condition: DATASTORE_READY, reason: "NoDataStore", message: format!("{field} {reason}") })
-            }
-            e => Err(e),
-        })?;
-        if let (Some(spec), Some(recorded)) =
-            (&self.tcp.spec.data_store, self.status.data_store.as_ref().filter(|_| self.status.endpoint.is_some()))
-            && spec != recorded
+        let name = datastore::resolve_name(client, &self.tcp)
+            .await
+            .map_err(|e| match e {
+                Error::Invalid { field, reason } => Ok(Blocked {
+                    condition: DATASTORE_READY,
+                    reason: "NoDataStore",
+                    message: format!("{field} {reason}"),
+                }),
+                e => Err(e),
+            })?;
+        if let (Some(spec), Some(recorded)) = (
+            &self.tcp.spec.data_store,
+            self.status
+                .data_store
+                .as_ref()
+                .filter(|_| self.status.endpoint.is_some()),
+        ) && spec != recorded
         {
             return Err(Ok(Blocked {
                 condition: DATASTORE_READY,
                 reason: "DataStoreMigrationUnsupported",
-                message: format!("spec.dataStore {spec} differs from the DataStore in use, {recorded}; moving tenants between DataStores is not supported"),
+                message: format!(
+                    "spec.dataStore {spec} differs from the DataStore in use, {recorded}; moving tenants between DataStores is not supported"
+                ),
             }));
         }
-        let Some(ds) = Api::<DataStore>::all(client.clone()).get_opt(&name).await.map_err(|e| Err(e.into()))? else {
+        let Some(ds) = Api::<DataStore>::all(client.clone())
+            .get_opt(&name)
+            .await
+            .map_err(|e| Err(e.into()))?
+        else {
             return Err(Ok(Blocked {
                 condition: DATASTORE_READY,
                 reason: "DataStoreNotFound",
@@ -217,12 +281,16 @@ impl Tenant {
                 message: format!("DataStore {name} is being deleted"),
             }));
         }
-        let conn = datastore::connection(client, &ds).await.map_err(|e| match e {
-            Error::Invalid { .. } | Error::DataStore(_) => {
-                Ok(Blocked { condition: DATASTORE_READY, reason: "DataStoreInvalid", message: e.to_string() })
-            }
-            e => Err(e),
-        })?;
+        let conn = datastore::connection(client, &ds)
+            .await
+            .map_err(|e| match e {
+                Error::Invalid { .. } | Error::DataStore(_) => Ok(Blocked {
+                    condition: DATASTORE_READY,
+                    reason: "DataStoreInvalid",
+                    message: e.to_string(),
+                }),
+                e => Err(e),
+            })?;
         Ok((name, conn))
     }
 
@@ -246,7 +314,9 @@ impl Tenant {
         )
         .map_err(|e| Err(e.into()))?;
         // A CA Secret that Orrery did not create is the user's own CA: use it, never write it.
-        let user_ca = ca.as_ref().is_some_and(|s| s.labels().get(MANAGED_BY.0).map(String::as_str) != Some(MANAGED_BY.1));
+        let user_ca = ca.as_ref().is_some_and(|s| {
+            s.labels().get(MANAGED_BY.0).map(String::as_str) != Some(MANAGED_BY.1)
+        });
         let current = CurrentPki {
             ca: ca.map(secret_text),
             front_proxy_ca: front_proxy_ca.map(secret_text),
@@ -274,16 +344,37 @@ impl Tenant {
             renew_before: Duration::from_secs(spec.certificates.renew_before_hours as u64 * 3600),
             datastore_user: datastore::etcd_user(ns, &self.names.tenant),
         };
-        let desired = pki::reconcile_pki(&pki_spec, &current, &conn.ca, SystemTime::now()).map_err(|e| {
-            Ok(Blocked { condition: CERTIFICATES_READY, reason: "CertificateAuthorityInvalid", message: e.to_string() })
-        })?;
+        let desired = pki::reconcile_pki(&pki_spec, &current, &conn.ca, SystemTime::now())
+            .map_err(|e| {
+                Ok(Blocked {
+                    condition: CERTIFICATES_READY,
+                    reason: "CertificateAuthorityInvalid",
+                    message: e.to_string(),
+                })
+            })?;
 
         let mut wanted = vec![
-            (self.names.front_proxy_ca(), &desired.front_proxy_ca, "kubernetes.io/tls"),
-            (self.names.service_account(), &desired.service_account, "Opaque"),
+            (
+                self.names.front_proxy_ca(),
+                &desired.front_proxy_ca,
+                "kubernetes.io/tls",
+            ),
+            (
+                self.names.service_account(),
+                &desired.service_account,
+                "Opaque",
+            ),
             (self.names.certs(), &desired.certs, "Opaque"),
-            (self.names.admin_kubeconfig(), &desired.admin_kubeconfig, "Opaque"),
-            (self.names.kubeconfigs(), &desired.component_kubeconfigs, "Opaque"),
+            (
+                self.names.admin_kubeconfig(),
+                &desired.admin_kubeconfig,
+                "Opaque",
+            ),
+            (
+                self.names.kubeconfigs(),
+                &desired.component_kubeconfigs,
+                "Opaque",
+            ),
         ];
         if !user_ca {
             wanted.insert(0, (self.names.ca(), &desired.ca, "kubernetes.io/tls"));
@@ -291,7 +382,11 @@ impl Tenant {
         let applies = wanted.into_iter().map(|(name, data, type_)| {
             let secret = Secret {
                 metadata: controlplane::child_meta(&self.tcp, name, "pki"),
-                data: Some(data.iter().map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes()))).collect()),
+                data: Some(
+                    data.iter()
+                        .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
+                        .collect(),
+                ),
                 type_: Some(type_.into()),
                 ..Default::default()
             };
@@ -301,25 +396,49 @@ impl Tenant {
         futures::future::try_join_all(applies).await.map_err(Err)?;
 
         if !desired.renewed.is_empty() {
-            let items: Vec<String> = desired.renewed.iter().map(|(item, why)| format!("{item} ({why})")).collect();
+            let items: Vec<String> = desired
+                .renewed
+                .iter()
+                .map(|(item, why)| format!("{item} ({why})"))
+                .collect();
             info!(renewed = ?items, "certificates issued");
-            self.event(EventType::Normal, "CertificatesIssued", format!("issued {}", items.join(", "))).await;
+            self.event(
+                EventType::Normal,
+                "CertificatesIssued",
+                format!("issued {}", items.join(", ")),
+            )
+            .await;
         }
-        self.status.kubeconfig_secret_ref =
-            Some(SecretRef { name: self.names.admin_kubeconfig(), key: "kubeconfig".into() });
-        let message = if user_ca { "certificates valid; CA provided by the user" } else { "certificates valid" };
+        self.status.kubeconfig_secret_ref = Some(SecretRef {
+            name: self.names.admin_kubeconfig(),
+            key: "kubeconfig".into(),
+        });
+        let message = if user_ca {
+            "certificates valid; CA provided by the user"
+        } else {
+            "certificates valid"
+        };
         self.set(CERTIFICATES_READY, true, "Issued", message);
         Ok(desired)
     }
 
     /// Gives the tenant its etcd user and role, limited to its prefix.
-    async fn tenant_in_datastore(&mut self, ds_name: &str, conn: &Connection) -> Result<(), Result<Blocked, Error>> {
+    async fn tenant_in_datastore(
+        &mut self,
+        ds_name: &str,
+        conn: &Connection,
+    ) -> Result<(), Result<Blocked, Error>> {
         let unreachable = |e: Error| Blocked {
             condition: DATASTORE_READY,
             reason: "DataStoreUnreachable",
             message: format!("DataStore {ds_name}: {e}"),
         };
-        let mut etcd = self.ctx.etcd.client(ds_name, conn).await.map_err(|e| Ok(unreachable(e)))?;
+        let mut etcd = self
+            .ctx
+            .etcd
+            .client(ds_name, conn)
+            .await
+            .map_err(|e| Ok(unreachable(e)))?;
         if let Err(e) = datastore::ensure_tenant(&mut etcd, &self.ns, &self.names.tenant).await {
             self.ctx.etcd.forget(ds_name);
             return Err(Ok(unreachable(e)));
@@ -328,7 +447,10 @@ impl Tenant {
             DATASTORE_READY,
             true,
             "TenantProvisioned",
-            format!("etcd user {} limited to its prefix", datastore::etcd_user(&self.ns, &self.names.tenant)),
+            format!(
+                "etcd user {} limited to its prefix",
+                datastore::etcd_user(&self.ns, &self.names.tenant)
+            ),
         );
         Ok(())
     }
@@ -339,7 +461,8 @@ impl Tenant {
         let available = status.available_replicas.unwrap_or(0);
         let updated = status.updated_replicas.unwrap_or(0);
         let current = status.observed_generation >= deployment.metadata.generation;
-        let rolled_out = current && updated == want && available >= want && status.replicas.unwrap_or(0) == want;
+        let rolled_out =
+            current && updated == want && available >= want && status.replicas.unwrap_or(0) == want;
         if rolled_out {
             self.status.version = Some(self.tcp.spec.version.clone());
         }
@@ -354,14 +477,36 @@ impl Tenant {
     /// Derives Ready and the phase, and writes the status if anything changed.
     async fn write_status(&mut self, was_ready: bool) -> Result<()> {
         let all = [CERTIFICATES_READY, DATASTORE_READY, CONTROL_PLANE_AVAILABLE];
-        let ready = all.iter().all(|c| conditions::is_true(&self.status.conditions, c));
-        let upgrading = self.status.version.as_ref().is_some_and(|v| *v != self.tcp.spec.version);
-        let not_ready: Vec<&str> =
-            all.iter().filter(|c| !conditions::is_true(&self.status.conditions, c)).copied().collect();
+        let mut waiting: Vec<&str> = all
+            .iter()
+            .filter(|c| !conditions::is_true(&self.status.conditions, c))
+            .copied()
+            .collect();
+        // Ready once the first rollout has completed; during an upgrade the old version serves,
+        // so Ready holds and the phase says Upgrading.
+        if self.status.version.is_none() {
+            waiting.push("the first rollout");
+        }
+        let ready = waiting.is_empty();
+        let upgrading = self
+            .status
+            .version
+            .as_ref()
+            .is_some_and(|v| *v != self.tcp.spec.version);
         if ready {
-            self.set(READY, true, "Ready", "the tenant control plane is available");
+            self.set(
+                READY,
+                true,
+                "Ready",
+                "the tenant control plane is available",
+            );
         } else {
-            self.set(READY, false, "NotReady", format!("waiting for {}", not_ready.join(", ")));
+            self.set(
+                READY,
+                false,
+                "NotReady",
+                format!("waiting for {}", waiting.join(", ")),
+            );
         }
         self.status.phase = Some(
             match (ready, upgrading, self.status.version.is_some()) {
@@ -378,10 +523,20 @@ impl Tenant {
         }
         let api = Api::<TenantControlPlane>::namespaced(self.ctx.client.clone(), &self.ns);
         let patch = serde_json::json!({ "status": self.status });
-        api.patch_status(&self.names.tenant, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        api.patch_status(
+            &self.names.tenant,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
         if ready && !was_ready {
             let endpoint = self.status.endpoint.clone().unwrap_or_default();
-            self.event(EventType::Normal, "Ready", format!("tenant control plane is available at {endpoint}")).await;
+            self.event(
+                EventType::Normal,
+                "Ready",
+                format!("tenant control plane is available at {endpoint}"),
+            )
+            .await;
         }
         Ok(())
     }
@@ -400,9 +555,22 @@ fn secret_text(secret: Secret) -> BTreeMap<String, String> {
 pub fn endpoint_of(tcp: &TenantControlPlane, service: &Service) -> Option<(String, Vec<IpAddr>)> {
     let port = tcp.spec.network.port;
     let spec = service.spec.as_ref()?;
-    let mut ips: Vec<IpAddr> = spec.cluster_ips.iter().flatten().filter_map(|ip| ip.parse().ok()).collect();
-    let lb = service.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
-    let lb_ips: Vec<IpAddr> = lb.iter().flat_map(|i| i.iter()).filter_map(|i| i.ip.as_ref()?.parse().ok()).collect();
+    let mut ips: Vec<IpAddr> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    let lb = service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    let lb_ips: Vec<IpAddr> = lb
+        .iter()
+        .flat_map(|i| i.iter())
+        .filter_map(|i| i.ip.as_ref()?.parse().ok())
+        .collect();
     ips.splice(0..0, lb_ips.iter().copied());
     let host = match tcp.spec.network.service_type {
         crate::api::ServiceType::LoadBalancer => {
@@ -411,7 +579,11 @@ pub fn endpoint_of(tcp: &TenantControlPlane, service: &Service) -> Option<(Strin
         }
         _ => spec.cluster_ip.clone().filter(|ip| ip != "None")?,
     };
-    let host = if host.contains(':') { format!("[{host}]") } else { host };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
     Some((format!("{host}:{port}"), ips))
 }
 
@@ -419,16 +591,27 @@ pub fn endpoint_of(tcp: &TenantControlPlane, service: &Service) -> Option<(Strin
 async fn cleanup(tcp: Arc<TenantControlPlane>, ctx: Arc<Context>) -> Result<Action> {
     let ns = tcp.namespace().unwrap_or_default();
     let name = tcp.name_any();
-    if tcp.annotations().get(SKIP_CLEANUP_ANNOTATION).map(String::as_str) == Some("true") {
+    if tcp
+        .annotations()
+        .get(SKIP_CLEANUP_ANNOTATION)
+        .map(String::as_str)
+        == Some("true")
+    {
         warn!(tenant = %name, "deleting without DataStore cleanup, as annotated");
         return Ok(Action::await_change());
     }
-    let Some(ds_name) =
-        tcp.status.as_ref().and_then(|s| s.data_store.clone()).or_else(|| tcp.spec.data_store.clone())
+    let Some(ds_name) = tcp
+        .status
+        .as_ref()
+        .and_then(|s| s.data_store.clone())
+        .or_else(|| tcp.spec.data_store.clone())
     else {
         return Ok(Action::await_change());
     };
-    let Some(ds) = Api::<DataStore>::all(ctx.client.clone()).get_opt(&ds_name).await? else {
+    let Some(ds) = Api::<DataStore>::all(ctx.client.clone())
+        .get_opt(&ds_name)
+        .await?
+    else {
         warn!(tenant = %name, datastore = %ds_name, "DataStore is gone; nothing to clean");
         return Ok(Action::await_change());
     };
@@ -446,7 +629,9 @@ async fn cleanup(tcp: Arc<TenantControlPlane>, ctx: Arc<Context>) -> Result<Acti
     let ev = Event {
         type_: EventType::Normal,
         reason: "DataStoreCleaned".into(),
-        note: Some(format!("removed {deleted} keys, the etcd user and role from DataStore {ds_name}")),
+        note: Some(format!(
+            "removed {deleted} keys, the etcd user and role from DataStore {ds_name}"
+        )),
         action: "Delete".into(),
         secondary: None,
     };
@@ -463,37 +648,63 @@ fn error_policy(tcp: Arc<TenantControlPlane>, error: &Error, ctx: Arc<Context>) 
 }
 
 /// Runs the TenantControlPlane controller until `shutdown` completes.
-pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    run_with_trigger(ctx, shutdown, futures::stream::pending()).await
+}
+
+/// Like [`run`], and every item of `reconcile_all` reconciles every tenant once more (tests use it
+/// to check that an unchanged tenant causes no writes).
+pub async fn run_with_trigger(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    reconcile_all: impl futures::Stream<Item = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
     let children = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
-    Controller::new(Api::<TenantControlPlane>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Deployment>::all(client.clone()), children.clone())
-        .owns(Api::<Service>::all(client.clone()), children.clone())
-        .owns(Api::<Secret>::all(client.clone()), children.clone())
-        .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
-        .owns(Api::<PodDisruptionBudget>::all(client.clone()), children)
-        // A DataStore that becomes ready (or changes) wakes the tenants that use it.
-        .watches(Api::<DataStore>::all(client.clone()), watcher::Config::default(), |ds| {
+    Controller::new(
+        Api::<TenantControlPlane>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Deployment>::all(client.clone()), children.clone())
+    .owns(Api::<Service>::all(client.clone()), children.clone())
+    .owns(Api::<Secret>::all(client.clone()), children.clone())
+    .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
+    .owns(Api::<PodDisruptionBudget>::all(client.clone()), children)
+    // A DataStore that becomes ready (or changes) wakes the tenants that use it.
+    .watches(
+        Api::<DataStore>::all(client.clone()),
+        watcher::Config::default(),
+        |ds| {
             let used_by = ds.status.map(|s| s.used_by).unwrap_or_default();
             used_by
                 .into_iter()
-                .filter_map(|t| t.split_once('/').map(|(ns, n)| ObjectRef::new(n).within(ns)))
+                .filter_map(|t| {
+                    t.split_once('/')
+                        .map(|(ns, n)| ObjectRef::new(n).within(ns))
+                })
                 .collect::<Vec<ObjectRef<TenantControlPlane>>>()
-        })
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "controller event");
-            }
-        })
-        .await;
+        },
+    )
+    .reconcile_all_on(reconcile_all)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|res| async move {
+        if let Err(e) = res {
+            tracing::debug!(error = %e, "controller event");
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceSpec, ServiceStatus};
+    use k8s_openapi::api::core::v1::{
+        LoadBalancerIngress, LoadBalancerStatus, ServiceSpec, ServiceStatus,
+    };
 
     fn tcp(yaml: &str) -> TenantControlPlane {
         let mut t = TenantControlPlane::new("t1", serde_yaml_ng::from_str(yaml).unwrap());
@@ -510,7 +721,9 @@ mod tests {
                 ..Default::default()
             }),
             status: lb.map(|i| ServiceStatus {
-                load_balancer: Some(LoadBalancerStatus { ingress: Some(vec![i]) }),
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(vec![i]),
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -522,12 +735,22 @@ mod tests {
         assert_eq!(ips, vec!["10.96.1.2".parse::<IpAddr>().unwrap()]);
 
         let lb = tcp("version: v1.34.4\nnetwork:\n  serviceType: LoadBalancer\n  port: 443\n");
-        assert_eq!(endpoint_of(&lb, &svc(Some("10.96.1.2"), None)), None, "LoadBalancer pending");
-        let ingress = LoadBalancerIngress { ip: Some("192.0.2.7".into()), ..Default::default() };
+        assert_eq!(
+            endpoint_of(&lb, &svc(Some("10.96.1.2"), None)),
+            None,
+            "LoadBalancer pending"
+        );
+        let ingress = LoadBalancerIngress {
+            ip: Some("192.0.2.7".into()),
+            ..Default::default()
+        };
         let (ep, ips) = endpoint_of(&lb, &svc(Some("10.96.1.2"), Some(ingress))).unwrap();
         assert_eq!(ep, "192.0.2.7:443");
         assert_eq!(ips.len(), 2);
         let v6 = tcp("version: v1.34.4");
-        assert_eq!(endpoint_of(&v6, &svc(Some("fd00::1"), None)).unwrap().0, "[fd00::1]:6443");
+        assert_eq!(
+            endpoint_of(&v6, &svc(Some("fd00::1"), None)).unwrap().0,
+            "[fd00::1]:6443"
+        );
     }
 }

@@ -24,7 +24,12 @@ fn kubeconfig_path() -> PathBuf {
     let out = Command::new(&ground)
         .arg("kubeconfig")
         .output()
-        .unwrap_or_else(|e| panic!("KUBECONFIG is not set and {} cannot run: {e}", ground.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "KUBECONFIG is not set and {} cannot run: {e}",
+                ground.display()
+            )
+        });
     let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert!(
         out.status.success() && !path.is_empty(),
@@ -48,7 +53,10 @@ async fn client() -> Client {
     match timeout(Duration::from_secs(10), client.apiserver_version()).await {
         Ok(Ok(_)) => client,
         Ok(Err(e)) => panic!("the apiserver of {} is not reachable: {e}", path.display()),
-        Err(_) => panic!("the apiserver of {} did not answer within 10 s", path.display()),
+        Err(_) => panic!(
+            "the apiserver of {} did not answer within 10 s",
+            path.display()
+        ),
     }
 }
 
@@ -66,7 +74,11 @@ impl TestLease {
             .as_nanos();
         Self {
             api: Api::namespaced(client.clone(), NAMESPACE),
-            name: format!("orrery-test-{what}-{}-{:x}", std::process::id(), nanos % 0xffff_ffff),
+            name: format!(
+                "orrery-test-{what}-{}-{:x}",
+                std::process::id(),
+                nanos % 0xffff_ffff
+            ),
         }
     }
 
@@ -89,7 +101,11 @@ impl TestLease {
     }
 
     async fn transitions(&self) -> i32 {
-        self.get().await.spec.and_then(|s| s.lease_transitions).unwrap_or(0)
+        self.get()
+            .await
+            .spec
+            .and_then(|s| s.lease_transitions)
+            .unwrap_or(0)
     }
 }
 
@@ -99,9 +115,16 @@ impl Drop for TestLease {
         let name = self.name.clone();
         // Best effort, on a runtime of its own: the test's runtime may be shutting down.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async {
-                let _ = timeout(Duration::from_secs(5), api.delete(&name, &DeleteParams::default())).await;
+                let _ = timeout(
+                    Duration::from_secs(5),
+                    api.delete(&name, &DeleteParams::default()),
+                )
+                .await;
             });
         })
         .join();
@@ -109,9 +132,12 @@ impl Drop for TestLease {
 }
 
 async fn acquire_within(elector: &mut LeaderElector, limit: Duration) {
-    timeout(limit, elector.acquire())
-        .await
-        .unwrap_or_else(|_| panic!("{} did not acquire the Lease within {limit:?}", elector.config().identity));
+    timeout(limit, elector.acquire()).await.unwrap_or_else(|_| {
+        panic!(
+            "{} did not acquire the Lease within {limit:?}",
+            elector.config().identity
+        )
+    });
 }
 
 #[tokio::test]
@@ -123,7 +149,10 @@ async fn only_one_leads_and_the_other_takes_over_on_release() {
 
     acquire_within(&mut a, Duration::from_secs(10)).await;
     assert_eq!(lease.holder().await.as_deref(), Some("a"));
-    assert_eq!(b.try_acquire_or_renew().await.unwrap(), Attempt::HeldBy("a".into()));
+    assert_eq!(
+        b.try_acquire_or_renew().await.unwrap(),
+        Attempt::HeldBy("a".into())
+    );
 
     // While `a` renews, `b` keeps trying and never leads, well past the lease duration.
     let mut b_acquires = tokio::spawn(async move {
@@ -139,20 +168,32 @@ async fn only_one_leads_and_the_other_takes_over_on_release() {
     assert_eq!(lease.holder().await.as_deref(), Some("a"));
 
     // `a` releases: `b` takes over within about a retry period, not a lease duration.
-    assert!(a.release().await.unwrap(), "`a` held the Lease, so it released it");
+    assert!(
+        a.release().await.unwrap(),
+        "`a` held the Lease, so it released it"
+    );
     let released = Instant::now();
     let mut b = timeout(Duration::from_secs(3), b_acquires)
         .await
         .expect("`b` took over within 3 s of the release")
         .unwrap();
     let took = released.elapsed();
-    assert!(took < lease.config("b").lease_duration, "took over after {took:?}");
+    assert!(
+        took < lease.config("b").lease_duration,
+        "took over after {took:?}"
+    );
     assert_eq!(lease.holder().await.as_deref(), Some("b"));
     assert_eq!(lease.transitions().await, 1, "one change of holder");
 
     // Now `a` is the one kept out.
-    assert_eq!(a.try_acquire_or_renew().await.unwrap(), Attempt::HeldBy("b".into()));
-    assert!(!a.release().await.unwrap(), "`a` does not hold the Lease, so it releases nothing");
+    assert_eq!(
+        a.try_acquire_or_renew().await.unwrap(),
+        Attempt::HeldBy("b".into())
+    );
+    assert!(
+        !a.release().await.unwrap(),
+        "`a` does not hold the Lease, so it releases nothing"
+    );
     assert_eq!(lease.holder().await.as_deref(), Some("b"));
     assert_eq!(b.try_acquire_or_renew().await.unwrap(), Attempt::Leading);
     assert!(b.release().await.unwrap());
@@ -193,14 +234,19 @@ async fn of_concurrent_candidates_exactly_one_leads() {
 
     // First round: nobody has created the Lease yet; then rounds on a released Lease.
     for round in 0..4 {
-        let attempts = futures::future::join_all(electors.iter_mut().map(|e| e.try_acquire_or_renew())).await;
+        let attempts =
+            futures::future::join_all(electors.iter_mut().map(|e| e.try_acquire_or_renew())).await;
         let leaders: Vec<usize> = attempts
             .iter()
             .enumerate()
             .filter(|(_, a)| matches!(a, Ok(Attempt::Leading)))
             .map(|(i, _)| i)
             .collect();
-        assert_eq!(leaders.len(), 1, "round {round}: leaders {leaders:?} of {attempts:?}");
+        assert_eq!(
+            leaders.len(),
+            1,
+            "round {round}: leaders {leaders:?} of {attempts:?}"
+        );
         for (i, attempt) in attempts.iter().enumerate() {
             if i != leaders[0] {
                 assert!(
@@ -225,12 +271,19 @@ async fn the_leader_steps_down_when_another_holds_the_lease() {
     // Someone overwrites the Lease (e.g. an operator by hand).
     let mut taken = lease.get().await;
     taken.spec.as_mut().unwrap().holder_identity = Some("intruder".into());
-    lease.api.replace(&lease.name, &PostParams::default(), &taken).await.unwrap();
+    lease
+        .api
+        .replace(&lease.name, &PostParams::default(), &taken)
+        .await
+        .unwrap();
 
     let reason = timeout(Duration::from_secs(3), a.keep_leading())
         .await
         .expect("`a` noticed within a few retry periods");
     assert!(reason.contains("intruder"), "{reason}");
-    assert!(!a.release().await.unwrap(), "`a` must not release a Lease it does not hold");
+    assert!(
+        !a.release().await.unwrap(),
+        "`a` must not release a Lease it does not hold"
+    );
     assert_eq!(lease.holder().await.as_deref(), Some("intruder"));
 }

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 /// The repository root (the parent of `e2e/`).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("e2e has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e has a parent")
+        .to_path_buf()
 }
 
 /// A running test ground, as described by `e2e/ground env`.
@@ -30,27 +33,42 @@ impl Ground {
 
     /// A ground with extra settings, e.g. `[("ORRERY_GROUND", "second"), ("ORRERY_GROUND_PORT_BASE", "16540")]`.
     pub fn with_env(vars: &[(&str, &str)]) -> Result<Self> {
-        let out = ground_command(vars).arg("env").output().context("running e2e/ground env")?;
+        let out = ground_command(vars)
+            .arg("env")
+            .output()
+            .context("running e2e/ground env")?;
         if !out.status.success() {
-            bail!("e2e/ground env failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "e2e/ground env failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let mut env = BTreeMap::new();
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let line = line.trim_start_matches("export ");
             if let Some((k, v)) = line.split_once('=') {
-                env.insert(k.to_string(), v.trim_matches(|c| c == '\'' || c == '"').to_string());
+                env.insert(
+                    k.to_string(),
+                    v.trim_matches(|c| c == '\'' || c == '"').to_string(),
+                );
             }
         }
         let ground = Self { env };
         if !Path::new(&ground.kubeconfig()).exists() {
-            bail!("the test ground is not up (no {}): run `e2e/ground up` first", ground.kubeconfig());
+            bail!(
+                "the test ground is not up (no {}): run `e2e/ground up` first",
+                ground.kubeconfig()
+            );
         }
         Ok(ground)
     }
 
     /// A value printed by `e2e/ground env`.
     pub fn var(&self, key: &str) -> String {
-        self.env.get(key).cloned().unwrap_or_else(|| panic!("e2e/ground env did not print {key}"))
+        self.env
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| panic!("e2e/ground env did not print {key}"))
     }
 
     /// Path of the admin kubeconfig.
@@ -84,6 +102,23 @@ impl Ground {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Fails, showing `e2e/ground status`, unless every component of the ground runs.
+    pub fn ensure_running(&self) -> Result<()> {
+        let name = self.var("ORRERY_GROUND");
+        let out = ground_command(&[("ORRERY_GROUND", name.as_str())])
+            .arg("status")
+            .output()
+            .context("running e2e/ground status")?;
+        if !out.status.success() {
+            bail!(
+                "the test ground '{name}' is not running: start it with `e2e/ground up`\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// The ground's state directory (certificates, data, logs, PID files).
     pub fn state_dir(&self) -> PathBuf {
         PathBuf::from(self.var("ORRERY_GROUND_STATE"))
@@ -92,10 +127,14 @@ impl Ground {
     /// The processes `e2e/ground up` recorded: component name and PID, sorted by name.
     pub fn recorded_pids(&self) -> Vec<(String, u32)> {
         let mut pids = Vec::new();
-        let Ok(dir) = std::fs::read_dir(self.state_dir().join("pids")) else { return pids };
+        let Ok(dir) = std::fs::read_dir(self.state_dir().join("pids")) else {
+            return pids;
+        };
         for entry in dir.flatten() {
             let path = entry.path();
-            let (Some(name), Ok(text)) = (path.file_stem(), std::fs::read_to_string(&path)) else { continue };
+            let (Some(name), Ok(text)) = (path.file_stem(), std::fs::read_to_string(&path)) else {
+                continue;
+            };
             if let Ok(pid) = text.trim().parse() {
                 pids.push((name.to_string_lossy().into_owned(), pid));
             }
@@ -107,8 +146,11 @@ impl Ground {
     /// A kube client for the ground's apiserver as cluster admin.
     pub async fn client(&self) -> Result<kube::Client> {
         let kubeconfig = kube::config::Kubeconfig::read_from(self.kubeconfig())?;
-        let config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default()).await?;
+        let config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await?;
         Ok(kube::Client::try_from(config)?)
     }
 }
@@ -142,7 +184,10 @@ where
 
 /// A namespace name unique to this test process and purpose.
 pub fn unique_name(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
     format!("{prefix}-{}-{:x}", std::process::id(), nanos & 0xffff)
 }
 
@@ -151,7 +196,9 @@ pub fn unique_name(prefix: &str) -> String {
 pub fn process_running(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the command name, which is in parentheses and may contain spaces.
-        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -159,13 +206,23 @@ pub fn process_running(pid: u32) -> bool {
 /// Every process whose command line contains `needle`, as PID and command line.
 pub fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
     let mut found = Vec::new();
-    let Ok(proc_dir) = std::fs::read_dir("/proc") else { return found };
+    let Ok(proc_dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
     for entry in proc_dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
         if pid == std::process::id() {
             continue;
         }
-        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
         if cmdline.contains(needle) {
             found.push((pid, cmdline.trim_end().to_string()));
@@ -192,7 +249,10 @@ pub async fn create_namespace(client: &kube::Client, prefix: &str) -> Result<Str
 /// Deletes a namespace without waiting for it to be gone.
 pub async fn delete_namespace(client: &kube::Client, name: &str) -> Result<()> {
     use k8s_openapi::api::core::v1::Namespace;
-    match kube::Api::<Namespace>::all(client.clone()).delete(name, &Default::default()).await {
+    match kube::Api::<Namespace>::all(client.clone())
+        .delete(name, &Default::default())
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e).with_context(|| format!("deleting namespace {name}")),
@@ -202,7 +262,13 @@ pub async fn delete_namespace(client: &kube::Client, name: &str) -> Result<()> {
 /// Applies Orrery's CRDs from `crds/` with real kubectl and waits until they are established.
 pub fn install_crds(ground: &Ground) {
     let crds = repo_root().join("crds/orrery.dev.yaml");
-    ground.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crds.to_str().unwrap()]);
+    ground.kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        crds.to_str().unwrap(),
+    ]);
     ground.kubectl(&[
         "wait",
         "--for=condition=Established",

@@ -9,7 +9,11 @@ use orrery_e2e::{Ground, install_crds, unique_name};
 use serde_json::{Value, json};
 
 fn tcp_api(client: &Client, ns: &str) -> Api<DynamicObject> {
-    Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<TenantControlPlane>(&()))
+    Api::namespaced_with(
+        client.clone(),
+        ns,
+        &ApiResource::erase::<TenantControlPlane>(&()),
+    )
 }
 
 fn ds_api(client: &Client) -> Api<DynamicObject> {
@@ -33,7 +37,10 @@ fn datastore(name: &str, spec: Value) -> DynamicObject {
 }
 
 fn dry_run() -> PostParams {
-    PostParams { dry_run: true, ..Default::default() }
+    PostParams {
+        dry_run: true,
+        ..Default::default()
+    }
 }
 
 /// Asserts that `result` is a 422 whose message contains `expected`.
@@ -41,7 +48,11 @@ fn assert_refused<T: std::fmt::Debug>(case: &str, result: Result<T, kube::Error>
     match result {
         Err(kube::Error::Api(e)) => {
             assert_eq!(e.code, 422, "{case}: expected 422 Invalid, got {e:?}");
-            assert!(e.message.contains(expected), "{case}: message {:?} does not contain {expected:?}", e.message);
+            assert!(
+                e.message.contains(expected),
+                "{case}: message {:?} does not contain {expected:?}",
+                e.message
+            );
         }
         other => panic!("{case}: expected refusal containing {expected:?}, got {other:?}"),
     }
@@ -57,7 +68,10 @@ async fn setup() -> Setup {
     install_crds(&ground);
     let ns = unique_name("admission");
     ground.kubectl(&["create", "namespace", &ns]);
-    Setup { client: ground.client().await.unwrap(), ns }
+    Setup {
+        client: ground.client().await.unwrap(),
+        ns,
+    }
 }
 
 async fn teardown(s: &Setup) {
@@ -70,19 +84,65 @@ async fn bad_tenant_specs_are_refused_on_create() {
     let s = setup().await;
     let api = tcp_api(&s.client, &s.ns);
     let ok = json!({"version": "v1.34.4"});
-    api.create(&dry_run(), &tcp("good", ok)).await.expect("a minimal tenant is valid");
+    api.create(&dry_run(), &tcp("good", ok))
+        .await
+        .expect("a minimal tenant is valid");
     let cases: Vec<(&str, Value, &str)> = vec![
-        ("version without v", json!({"version": "1.34.4"}), "spec.version must have the form vMAJOR.MINOR.PATCH"),
-        ("version without patch", json!({"version": "v1.34"}), "spec.version must have the form"),
-        ("version with suffix", json!({"version": "v1.34.4-rc.1"}), "spec.version must have the form"),
-        ("version too old", json!({"version": "v1.31.9"}), "spec.version is outside the supported range"),
-        ("version too new", json!({"version": "v1.35.0"}), "spec.version is outside the supported range"),
-        ("major 2", json!({"version": "v2.0.0"}), "spec.version is outside the supported range"),
-        ("no version", json!({"replicas": 1}), "spec.version: Required value"),
-        ("zero replicas", json!({"version": "v1.34.4", "replicas": 0}), "spec.replicas"),
-        ("ten replicas", json!({"version": "v1.34.4", "replicas": 10}), "spec.replicas"),
-        ("port 0", json!({"version": "v1.34.4", "network": {"port": 0}}), "spec.network.port"),
-        ("port 65536", json!({"version": "v1.34.4", "network": {"port": 65536}}), "spec.network.port"),
+        (
+            "version without v",
+            json!({"version": "1.34.4"}),
+            "spec.version must have the form vMAJOR.MINOR.PATCH",
+        ),
+        (
+            "version without patch",
+            json!({"version": "v1.34"}),
+            "spec.version must have the form",
+        ),
+        (
+            "version with suffix",
+            json!({"version": "v1.34.4-rc.1"}),
+            "spec.version must have the form",
+        ),
+        (
+            "version too old",
+            json!({"version": "v1.31.9"}),
+            "spec.version is outside the supported range",
+        ),
+        (
+            "version too new",
+            json!({"version": "v1.35.0"}),
+            "spec.version is outside the supported range",
+        ),
+        (
+            "major 2",
+            json!({"version": "v2.0.0"}),
+            "spec.version is outside the supported range",
+        ),
+        (
+            "no version",
+            json!({"replicas": 1}),
+            "spec.version: Required value",
+        ),
+        (
+            "zero replicas",
+            json!({"version": "v1.34.4", "replicas": 0}),
+            "spec.replicas",
+        ),
+        (
+            "ten replicas",
+            json!({"version": "v1.34.4", "replicas": 10}),
+            "spec.replicas",
+        ),
+        (
+            "port 0",
+            json!({"version": "v1.34.4", "network": {"port": 0}}),
+            "spec.network.port",
+        ),
+        (
+            "port 65536",
+            json!({"version": "v1.34.4", "network": {"port": 65536}}),
+            "spec.network.port",
+        ),
         (
             "konnectivity port 70000",
             json!({"version": "v1.34.4", "network": {"konnectivityPort": 70000}}),
@@ -158,11 +218,19 @@ async fn bad_tenant_specs_are_refused_on_create() {
             json!({"version": "v1.34.4", "controlPlane": {"apiServer": {"extraArgs": {"--v": "4"}}}}),
             "extraArgs keys must be flag names without leading dashes",
         ),
-        ("empty dataStore name", json!({"version": "v1.34.4", "dataStore": ""}), "spec.dataStore"),
+        (
+            "empty dataStore name",
+            json!({"version": "v1.34.4", "dataStore": ""}),
+            "spec.dataStore",
+        ),
     ];
     assert!(cases.len() >= 20);
     for (case, spec, expected) in cases {
-        assert_refused(case, api.create(&dry_run(), &tcp("bad", spec)).await, expected);
+        assert_refused(
+            case,
+            api.create(&dry_run(), &tcp("bad", spec)).await,
+            expected,
+        );
     }
     teardown(&s).await;
 }
@@ -172,41 +240,99 @@ async fn immutable_fields_and_version_skew_are_refused_on_update() {
     let s = setup().await;
     let api = tcp_api(&s.client, &s.ns);
     let name = "updates";
-    api.create(&PostParams::default(), &tcp(name, json!({"version": "v1.33.4", "dataStore": "ds-a"}))).await.unwrap();
+    api.create(
+        &PostParams::default(),
+        &tcp(name, json!({"version": "v1.33.4", "dataStore": "ds-a"})),
+    )
+    .await
+    .unwrap();
     let patch = |spec: Value| {
         let api = api.clone();
         async move {
-            api.patch(name, &PatchParams { dry_run: true, ..Default::default() }, &Patch::Merge(json!({"spec": spec})))
-                .await
+            api.patch(
+                name,
+                &PatchParams {
+                    dry_run: true,
+                    ..Default::default()
+                },
+                &Patch::Merge(json!({"spec": spec})),
+            )
+            .await
         }
     };
     let cases: Vec<(&str, Value, &str)> = vec![
-        ("service CIDR change", json!({"network": {"serviceCIDR": "10.100.0.0/16"}}), "spec.network.serviceCIDR is immutable"),
-        ("pod CIDR change", json!({"network": {"podCIDR": "10.200.0.0/16"}}), "spec.network.podCIDR is immutable"),
-        ("cluster domain change", json!({"network": {"clusterDomain": "tenant.local"}}), "spec.network.clusterDomain is immutable"),
-        ("dataStore change", json!({"dataStore": "ds-b"}), "spec.dataStore is immutable"),
-        ("dataStore removal", json!({"dataStore": null}), "spec.dataStore is immutable"),
-        ("minor downgrade", json!({"version": "v1.32.9"}), "spec.version may not be downgraded"),
-        ("patch downgrade", json!({"version": "v1.33.3"}), "spec.version may not be downgraded"),
+        (
+            "service CIDR change",
+            json!({"network": {"serviceCIDR": "10.100.0.0/16"}}),
+            "spec.network.serviceCIDR is immutable",
+        ),
+        (
+            "pod CIDR change",
+            json!({"network": {"podCIDR": "10.200.0.0/16"}}),
+            "spec.network.podCIDR is immutable",
+        ),
+        (
+            "cluster domain change",
+            json!({"network": {"clusterDomain": "tenant.local"}}),
+            "spec.network.clusterDomain is immutable",
+        ),
+        (
+            "dataStore change",
+            json!({"dataStore": "ds-b"}),
+            "spec.dataStore is immutable",
+        ),
+        (
+            "dataStore removal",
+            json!({"dataStore": null}),
+            "spec.dataStore is immutable",
+        ),
+        (
+            "minor downgrade",
+            json!({"version": "v1.32.9"}),
+            "spec.version may not be downgraded",
+        ),
+        (
+            "patch downgrade",
+            json!({"version": "v1.33.3"}),
+            "spec.version may not be downgraded",
+        ),
     ];
     for (case, spec, expected) in cases {
         assert_refused(case, patch(spec).await, expected);
     }
     // Allowed: a patch upgrade and a one-minor upgrade.
-    patch(json!({"version": "v1.33.9"})).await.expect("patch upgrade is allowed");
-    patch(json!({"version": "v1.34.0"})).await.expect("one-minor upgrade is allowed");
-    patch(json!({"replicas": 3})).await.expect("replicas are mutable");
+    patch(json!({"version": "v1.33.9"}))
+        .await
+        .expect("patch upgrade is allowed");
+    patch(json!({"version": "v1.34.0"}))
+        .await
+        .expect("one-minor upgrade is allowed");
+    patch(json!({"replicas": 3}))
+        .await
+        .expect("replicas are mutable");
 
     // Skipping a minor: start from v1.32.
-    api.create(&PostParams::default(), &tcp("skip", json!({"version": "v1.32.1"}))).await.unwrap();
+    api.create(
+        &PostParams::default(),
+        &tcp("skip", json!({"version": "v1.32.1"})),
+    )
+    .await
+    .unwrap();
     let skip = api
         .patch(
             "skip",
-            &PatchParams { dry_run: true, ..Default::default() },
+            &PatchParams {
+                dry_run: true,
+                ..Default::default()
+            },
             &Patch::Merge(json!({"spec": {"version": "v1.34.0"}})),
         )
         .await;
-    assert_refused("minor skipped", skip, "spec.version may not skip a minor version");
+    assert_refused(
+        "minor skipped",
+        skip,
+        "spec.version may not skip a minor version",
+    );
     for n in [name, "skip"] {
         api.delete(n, &DeleteParams::default()).await.unwrap();
     }
@@ -229,25 +355,68 @@ async fn bad_datastores_are_refused() {
         }
     });
     let name = unique_name("ds");
-    api.create(&dry_run(), &datastore(&name, json!({"external": ext.clone()}))).await.expect("valid external");
-    api.create(&dry_run(), &datastore(&name, json!({"managed": {"namespace": "etcd"}}))).await.expect("valid managed");
+    api.create(
+        &dry_run(),
+        &datastore(&name, json!({"external": ext.clone()})),
+    )
+    .await
+    .expect("valid external");
+    api.create(
+        &dry_run(),
+        &datastore(&name, json!({"managed": {"namespace": "etcd"}})),
+    )
+    .await
+    .expect("valid managed");
     let mut http = ext.clone();
     http["endpoints"] = json!(["http://127.0.0.1:2379"]);
     let mut no_port = ext.clone();
     no_port["endpoints"] = json!(["https://etcd.example"]);
     let cases: Vec<(&str, Value, &str)> = vec![
-        ("both kinds", json!({"managed": {"namespace": "etcd"}, "external": ext.clone()}), "exactly one of spec.managed and spec.external"),
-        ("neither kind", json!({}), "exactly one of spec.managed and spec.external"),
-        ("plain http endpoint", json!({"external": http}), "each entry of spec.external.endpoints must be an https URL"),
-        ("endpoint without port", json!({"external": no_port}), "spec.external.endpoints"),
-        ("two etcd members", json!({"managed": {"namespace": "etcd", "replicas": 2}}), "spec.managed.replicas must be 1, 3 or 5"),
-        ("managed without namespace", json!({"managed": {"replicas": 3}}), "spec.managed.namespace"),
+        (
+            "both kinds",
+            json!({"managed": {"namespace": "etcd"}, "external": ext.clone()}),
+            "exactly one of spec.managed and spec.external",
+        ),
+        (
+            "neither kind",
+            json!({}),
+            "exactly one of spec.managed and spec.external",
+        ),
+        (
+            "plain http endpoint",
+            json!({"external": http}),
+            "each entry of spec.external.endpoints must be an https URL",
+        ),
+        (
+            "endpoint without port",
+            json!({"external": no_port}),
+            "spec.external.endpoints",
+        ),
+        (
+            "two etcd members",
+            json!({"managed": {"namespace": "etcd", "replicas": 2}}),
+            "spec.managed.replicas must be 1, 3 or 5",
+        ),
+        (
+            "managed without namespace",
+            json!({"managed": {"replicas": 3}}),
+            "spec.managed.namespace",
+        ),
     ];
     for (case, spec, expected) in cases {
-        assert_refused(case, api.create(&dry_run(), &datastore(&name, spec)).await, expected);
+        assert_refused(
+            case,
+            api.create(&dry_run(), &datastore(&name, spec)).await,
+            expected,
+        );
     }
     // Switching kind is refused on update.
-    api.create(&PostParams::default(), &datastore(&name, json!({"managed": {"namespace": "etcd"}}))).await.unwrap();
+    api.create(
+        &PostParams::default(),
+        &datastore(&name, json!({"managed": {"namespace": "etcd"}})),
+    )
+    .await
+    .unwrap();
     let switch = api
         .replace(&name, &dry_run(), &{
             let mut obj = api.get(&name).await.unwrap();
@@ -255,7 +424,11 @@ async fn bad_datastores_are_refused() {
             obj
         })
         .await;
-    assert_refused("switch kind", switch, "a DataStore cannot switch between spec.managed and spec.external");
+    assert_refused(
+        "switch kind",
+        switch,
+        "a DataStore cannot switch between spec.managed and spec.external",
+    );
     // The DataStore controller is not running in this test binary, so no finalizer holds it.
     api.delete(&name, &DeleteParams::default()).await.unwrap();
     let _ = DataStore::kind(&());

@@ -13,34 +13,66 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 fn chart_dir() -> String {
-    repo_root().join("charts/orrery").to_string_lossy().into_owned()
+    repo_root()
+        .join("charts/orrery")
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// The ground's `helm`, found through `e2e/ground bin-dir` so that lint and template run without a
 /// ground being up.
 fn helm_bin() -> PathBuf {
-    let out = ground_command(&[]).arg("bin-dir").output().expect("running e2e/ground bin-dir");
-    assert!(out.status.success(), "e2e/ground bin-dir failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = ground_command(&[])
+        .arg("bin-dir")
+        .output()
+        .expect("running e2e/ground bin-dir");
+    assert!(
+        out.status.success(),
+        "e2e/ground bin-dir failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let helm = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("helm");
-    assert!(helm.exists(), "{} does not exist: run `e2e/ground build` first", helm.display());
+    assert!(
+        helm.exists(),
+        "{} does not exist: run `e2e/ground build` first",
+        helm.display()
+    );
     helm
 }
 
 fn helm(args: &[&str]) -> Output {
-    Command::new(helm_bin()).args(args).output().expect("running helm")
+    Command::new(helm_bin())
+        .args(args)
+        .output()
+        .expect("running helm")
 }
 
 fn text(out: &Output) -> String {
-    format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Renders the chart with extra `helm template` arguments and returns its documents.
 fn render(extra: &[&str]) -> Vec<Value> {
     let chart = chart_dir();
-    let mut args = vec!["template", "orrery", chart.as_str(), "--namespace", "orrery-system"];
+    let mut args = vec![
+        "template",
+        "orrery",
+        chart.as_str(),
+        "--namespace",
+        "orrery-system",
+    ];
     args.extend_from_slice(extra);
     let out = helm(&args);
-    assert!(out.status.success(), "helm {} failed:\n{}", args.join(" "), text(&out));
+    assert!(
+        out.status.success(),
+        "helm {} failed:\n{}",
+        args.join(" "),
+        text(&out)
+    );
     let stdout = String::from_utf8(out.stdout).expect("helm prints UTF-8");
     serde_yaml_ng::Deserializer::from_str(&stdout)
         .map(|doc| Value::deserialize(doc).expect("helm template prints valid YAML"))
@@ -53,11 +85,19 @@ fn kind(doc: &Value) -> &str {
 }
 
 fn find<'a>(docs: &'a [Value], k: &str) -> &'a Value {
-    docs.iter().find(|d| kind(d) == k).unwrap_or_else(|| panic!("the chart renders no {k}"))
+    docs.iter()
+        .find(|d| kind(d) == k)
+        .unwrap_or_else(|| panic!("the chart renders no {k}"))
 }
 
 fn strings(v: &Value) -> Vec<String> {
-    v.as_sequence().map(|s| s.iter().map(|x| x.as_str().expect("a string").to_string()).collect()).unwrap_or_default()
+    v.as_sequence()
+        .map(|s| {
+            s.iter()
+                .map(|x| x.as_str().expect("a string").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// RBAC rules flattened to (apiGroup, resource) -> verbs, with every list checked for wildcards.
@@ -65,17 +105,37 @@ fn rules(role: &Value) -> BTreeMap<(String, String), BTreeSet<String>> {
     let name = role["metadata"]["name"].as_str().unwrap_or_default();
     let mut out: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
     for rule in role["rules"].as_sequence().expect("rules is a list") {
-        for field in ["apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"] {
+        for field in [
+            "apiGroups",
+            "resources",
+            "verbs",
+            "resourceNames",
+            "nonResourceURLs",
+        ] {
             for item in strings(&rule[field]) {
-                assert!(!item.contains('*'), "{} {name} has a wildcard in {field}: {rule:?}", kind(role));
+                assert!(
+                    !item.contains('*'),
+                    "{} {name} has a wildcard in {field}: {rule:?}",
+                    kind(role)
+                );
             }
         }
-        assert!(rule["nonResourceURLs"].is_null(), "{} {name} grants nonResourceURLs", kind(role));
+        assert!(
+            rule["nonResourceURLs"].is_null(),
+            "{} {name} grants nonResourceURLs",
+            kind(role)
+        );
         let verbs: BTreeSet<String> = strings(&rule["verbs"]).into_iter().collect();
-        assert!(!verbs.is_empty(), "{} {name} has a rule without verbs", kind(role));
+        assert!(
+            !verbs.is_empty(),
+            "{} {name} has a rule without verbs",
+            kind(role)
+        );
         for group in strings(&rule["apiGroups"]) {
             for resource in strings(&rule["resources"]) {
-                out.entry((group.clone(), resource)).or_default().extend(verbs.iter().cloned());
+                out.entry((group.clone(), resource))
+                    .or_default()
+                    .extend(verbs.iter().cloned());
             }
         }
     }
@@ -86,7 +146,10 @@ fn expected(entries: &[(&str, &[&str], &[&str])]) -> BTreeMap<(String, String), 
     let mut out = BTreeMap::new();
     for (group, resources, verbs) in entries {
         for r in *resources {
-            out.insert((group.to_string(), r.to_string()), verbs.iter().map(|v| v.to_string()).collect());
+            out.insert(
+                (group.to_string(), r.to_string()),
+                verbs.iter().map(|v| v.to_string()).collect(),
+            );
         }
     }
     out
@@ -98,15 +161,35 @@ fn helm_lint_strict_passes() {
     for extra in [
         &[][..],
         &["--set", "replicaCount=1"][..],
-        &["--set", "replicaCount=1", "--set", "leaderElection.enabled=false", "--set", "logFormat=text"][..],
-        &["--set", "metrics.service.enabled=false", "--set", "podDisruptionBudget.enabled=false"][..],
+        &[
+            "--set",
+            "replicaCount=1",
+            "--set",
+            "leaderElection.enabled=false",
+            "--set",
+            "logFormat=text",
+        ][..],
+        &[
+            "--set",
+            "metrics.service.enabled=false",
+            "--set",
+            "podDisruptionBudget.enabled=false",
+        ][..],
     ] {
         let mut args = vec!["lint", "--strict", chart.as_str()];
         args.extend_from_slice(extra);
         let out = helm(&args);
-        assert!(out.status.success(), "helm {} failed:\n{}", args.join(" "), text(&out));
+        assert!(
+            out.status.success(),
+            "helm {} failed:\n{}",
+            args.join(" "),
+            text(&out)
+        );
         let all = text(&out);
-        assert!(!all.contains("[WARNING]") && !all.contains("[ERROR]"), "helm lint is not clean:\n{all}");
+        assert!(
+            !all.contains("[WARNING]") && !all.contains("[ERROR]"),
+            "helm lint is not clean:\n{all}"
+        );
     }
 }
 
@@ -124,25 +207,55 @@ fn schema_rejects_bad_values() {
         let out = helm(&["template", "orrery", chart.as_str(), "--set", bad]);
         assert!(!out.status.success(), "helm template accepted --set {bad}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("schema"), "--set {bad} was not rejected by values.schema.json: {err}");
+        assert!(
+            err.contains("schema"),
+            "--set {bad} was not rejected by values.schema.json: {err}"
+        );
     }
     // Several replicas without leader election would reconcile the same objects twice.
-    let out = helm(&["template", "orrery", chart.as_str(), "--set", "leaderElection.enabled=false"]);
-    assert!(!out.status.success(), "replicaCount=2 without leader election was accepted");
+    let out = helm(&[
+        "template",
+        "orrery",
+        chart.as_str(),
+        "--set",
+        "leaderElection.enabled=false",
+    ]);
+    assert!(
+        !out.status.success(),
+        "replicaCount=2 without leader election was accepted"
+    );
 }
 
 #[test]
 fn rbac_is_least_privilege_without_wildcards() {
     let docs = render(&[]);
     let cluster_role = find(&docs, "ClusterRole");
-    let everything: [&str; 7] = ["get", "list", "watch", "create", "patch", "update", "delete"];
+    let everything: [&str; 7] = [
+        "get", "list", "watch", "create", "patch", "update", "delete",
+    ];
     assert_eq!(
         rules(cluster_role),
         expected(&[
-            ("orrery.dev", &["tenantcontrolplanes", "datastores"], &["get", "list", "watch", "patch", "update"]),
-            ("orrery.dev", &["tenantcontrolplanes/status", "datastores/status"], &["get", "patch", "update"]),
-            ("orrery.dev", &["tenantcontrolplanes/finalizers", "datastores/finalizers"], &["update"]),
-            ("", &["secrets", "services", "configmaps", "serviceaccounts"], &everything),
+            (
+                "orrery.dev",
+                &["tenantcontrolplanes", "datastores"],
+                &["get", "list", "watch", "patch", "update"]
+            ),
+            (
+                "orrery.dev",
+                &["tenantcontrolplanes/status", "datastores/status"],
+                &["get", "patch", "update"]
+            ),
+            (
+                "orrery.dev",
+                &["tenantcontrolplanes/finalizers", "datastores/finalizers"],
+                &["update"]
+            ),
+            (
+                "",
+                &["secrets", "services", "configmaps", "serviceaccounts"],
+                &everything
+            ),
             ("apps", &["deployments", "statefulsets"], &everything),
             ("policy", &["poddisruptionbudgets"], &everything),
             ("", &["pods"], &["get", "list", "watch"]),
@@ -153,22 +266,32 @@ fn rbac_is_least_privilege_without_wildcards() {
     );
 
     let role = find(&docs, "Role");
-    assert_eq!(role["metadata"]["namespace"].as_str(), Some("orrery-system"), "the Role is in the release namespace");
+    assert_eq!(
+        role["metadata"]["namespace"].as_str(),
+        Some("orrery-system"),
+        "the Role is in the release namespace"
+    );
     assert_eq!(
         rules(role),
         expected(&[(
             "coordination.k8s.io",
             &["leases"],
-            &["get", "list", "watch", "create", "update", "patch", "delete"]
+            &[
+                "get", "list", "watch", "create", "update", "patch", "delete"
+            ]
         )]),
         "Role rules"
     );
 
     // Both bindings give the roles to the chart's ServiceAccount and nothing else.
-    let sa = find(&docs, "ServiceAccount")["metadata"]["name"].as_str().expect("SA name").to_string();
-    for (binding_kind, role_kind, role) in
-        [("ClusterRoleBinding", "ClusterRole", cluster_role), ("RoleBinding", "Role", role)]
-    {
+    let sa = find(&docs, "ServiceAccount")["metadata"]["name"]
+        .as_str()
+        .expect("SA name")
+        .to_string();
+    for (binding_kind, role_kind, role) in [
+        ("ClusterRoleBinding", "ClusterRole", cluster_role),
+        ("RoleBinding", "Role", role),
+    ] {
         let binding = find(&docs, binding_kind);
         assert_eq!(binding["roleRef"]["kind"].as_str(), Some(role_kind));
         assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
@@ -180,9 +303,16 @@ fn rbac_is_least_privilege_without_wildcards() {
     }
 
     // Without leader election there is no Lease to hold.
-    let docs = render(&["--set", "replicaCount=1", "--set", "leaderElection.enabled=false"]);
+    let docs = render(&[
+        "--set",
+        "replicaCount=1",
+        "--set",
+        "leaderElection.enabled=false",
+    ]);
     assert!(
-        !docs.iter().any(|d| kind(d) == "Role" || kind(d) == "RoleBinding"),
+        !docs
+            .iter()
+            .any(|d| kind(d) == "Role" || kind(d) == "RoleBinding"),
         "Role rendered without leader election"
     );
 }
@@ -199,7 +329,11 @@ fn rendered_objects_follow_the_spec() {
             "app.kubernetes.io/managed-by",
             "helm.sh/chart",
         ] {
-            assert!(labels[label].as_str().is_some(), "{} lacks label {label}", kind(doc));
+            assert!(
+                labels[label].as_str().is_some(),
+                "{} lacks label {label}",
+                kind(doc)
+            );
         }
     }
 
@@ -209,14 +343,25 @@ fn rendered_objects_follow_the_spec() {
     assert_eq!(pod["automountServiceAccountToken"].as_bool(), Some(true));
     assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
     assert_eq!(pod["securityContext"]["runAsUser"].as_u64(), Some(65532));
-    assert_eq!(pod["securityContext"]["seccompProfile"]["type"].as_str(), Some("RuntimeDefault"));
-    let anti = &pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0];
-    assert_eq!(anti["podAffinityTerm"]["topologyKey"].as_str(), Some("kubernetes.io/hostname"));
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"].as_str(),
+        Some("RuntimeDefault")
+    );
+    let anti =
+        &pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0];
+    assert_eq!(
+        anti["podAffinityTerm"]["topologyKey"].as_str(),
+        Some("kubernetes.io/hostname")
+    );
 
     let containers = pod["containers"].as_sequence().expect("containers");
     assert_eq!(containers.len(), 1);
     let c = &containers[0];
-    assert_eq!(c["image"].as_str(), Some("orrery:0.1.0"), "image defaults to repository:appVersion");
+    assert_eq!(
+        c["image"].as_str(),
+        Some("orrery:0.1.0"),
+        "image defaults to repository:appVersion"
+    );
     assert_eq!(c["imagePullPolicy"].as_str(), Some("IfNotPresent"));
     let args = strings(&c["args"]);
     for arg in [
@@ -238,38 +383,83 @@ fn rendered_objects_follow_the_spec() {
         .map(|e| {
             (
                 e["name"].as_str().unwrap().to_string(),
-                e["valueFrom"]["fieldRef"]["fieldPath"].as_str().unwrap_or_default().to_string(),
+                e["valueFrom"]["fieldRef"]["fieldPath"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
             )
         })
         .collect();
-    assert_eq!(env.get("POD_NAMESPACE").map(String::as_str), Some("metadata.namespace"));
-    assert_eq!(env.get("POD_NAME").map(String::as_str), Some("metadata.name"));
+    assert_eq!(
+        env.get("POD_NAMESPACE").map(String::as_str),
+        Some("metadata.namespace")
+    );
+    assert_eq!(
+        env.get("POD_NAME").map(String::as_str),
+        Some("metadata.name")
+    );
     assert_eq!(c["ports"][0]["name"].as_str(), Some("http-metrics"));
     assert_eq!(c["ports"][0]["containerPort"].as_u64(), Some(8080));
-    assert_eq!(c["livenessProbe"]["httpGet"]["path"].as_str(), Some("/healthz"));
-    assert_eq!(c["livenessProbe"]["httpGet"]["port"].as_str(), Some("http-metrics"));
-    assert_eq!(c["readinessProbe"]["httpGet"]["path"].as_str(), Some("/readyz"));
-    assert_eq!(c["readinessProbe"]["httpGet"]["port"].as_str(), Some("http-metrics"));
+    assert_eq!(
+        c["livenessProbe"]["httpGet"]["path"].as_str(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        c["livenessProbe"]["httpGet"]["port"].as_str(),
+        Some("http-metrics")
+    );
+    assert_eq!(
+        c["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/readyz")
+    );
+    assert_eq!(
+        c["readinessProbe"]["httpGet"]["port"].as_str(),
+        Some("http-metrics")
+    );
     let sc = &c["securityContext"];
     assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true));
     assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false));
-    assert_eq!(strings(&sc["capabilities"]["drop"]), vec!["ALL".to_string()]);
-    assert!(c["resources"]["requests"]["memory"].as_str().is_some(), "resources come from values");
-    assert!(c["resources"]["limits"]["memory"].as_str().is_some(), "resources come from values");
+    assert_eq!(
+        strings(&sc["capabilities"]["drop"]),
+        vec!["ALL".to_string()]
+    );
+    assert!(
+        c["resources"]["requests"]["memory"].as_str().is_some(),
+        "resources come from values"
+    );
+    assert!(
+        c["resources"]["limits"]["memory"].as_str().is_some(),
+        "resources come from values"
+    );
 
     let pdb = find(&docs, "PodDisruptionBudget");
     assert_eq!(pdb["spec"]["maxUnavailable"].as_u64(), Some(1));
-    assert_eq!(pdb["spec"]["selector"]["matchLabels"], deploy["spec"]["selector"]["matchLabels"]);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        deploy["spec"]["selector"]["matchLabels"]
+    );
 
     let svc = find(&docs, "Service");
-    assert_eq!(svc["spec"]["ports"][0]["name"].as_str(), Some("http-metrics"));
+    assert_eq!(
+        svc["spec"]["ports"][0]["name"].as_str(),
+        Some("http-metrics")
+    );
     assert_eq!(svc["spec"]["ports"][0]["port"].as_u64(), Some(8080));
-    assert_eq!(svc["metadata"]["annotations"]["prometheus.io/scrape"].as_str(), Some("true"));
-    assert_eq!(svc["spec"]["selector"], deploy["spec"]["selector"]["matchLabels"]);
+    assert_eq!(
+        svc["metadata"]["annotations"]["prometheus.io/scrape"].as_str(),
+        Some("true")
+    );
+    assert_eq!(
+        svc["spec"]["selector"],
+        deploy["spec"]["selector"]["matchLabels"]
+    );
 
     // One replica: no PodDisruptionBudget, which would block every drain.
     let docs = render(&["--set", "replicaCount=1"]);
-    assert!(!docs.iter().any(|d| kind(d) == "PodDisruptionBudget"), "PDB rendered for a single replica");
+    assert!(
+        !docs.iter().any(|d| kind(d) == "PodDisruptionBudget"),
+        "PDB rendered for a single replica"
+    );
 
     // Values reach the pod.
     let docs = render(&[
@@ -287,7 +477,11 @@ fn rendered_objects_follow_the_spec() {
     let c = &find(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["image"].as_str(), Some("orrery:v9"));
     let args = strings(&c["args"]);
-    for arg in ["--log-format=text", "--image-registry=mirror.example/k8s", "--extra=1"] {
+    for arg in [
+        "--log-format=text",
+        "--image-registry=mirror.example/k8s",
+        "--extra=1",
+    ] {
         assert!(args.iter().any(|a| a == arg), "args {args:?} lack {arg}");
     }
     assert!(find(&docs, "Service")["metadata"]["annotations"]["prometheus.io/scrape"].is_null());
@@ -299,7 +493,10 @@ fn rendered_objects_follow_the_spec() {
         .filter(|d| kind(d) == "CustomResourceDefinition")
         .map(|d| d["metadata"]["name"].as_str().unwrap_or_default())
         .collect();
-    assert_eq!(crds, BTreeSet::from(["tenantcontrolplanes.orrery.dev", "datastores.orrery.dev"]));
+    assert_eq!(
+        crds,
+        BTreeSet::from(["tenantcontrolplanes.orrery.dev", "datastores.orrery.dev"])
+    );
 }
 
 /// Uninstalls the release and deletes the namespace however the test ends.
@@ -311,11 +508,26 @@ struct Cleanup<'a> {
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
-        let _ = self
-            .ground
-            .run("helm", &["uninstall", &self.release, "--namespace", &self.namespace, "--ignore-not-found"]);
-        let _ =
-            self.ground.run("kubectl", &["delete", "namespace", &self.namespace, "--ignore-not-found", "--wait=false"]);
+        let _ = self.ground.run(
+            "helm",
+            &[
+                "uninstall",
+                &self.release,
+                "--namespace",
+                &self.namespace,
+                "--ignore-not-found",
+            ],
+        );
+        let _ = self.ground.run(
+            "kubectl",
+            &[
+                "delete",
+                "namespace",
+                &self.namespace,
+                "--ignore-not-found",
+                "--wait=false",
+            ],
+        );
     }
 }
 
@@ -331,14 +543,28 @@ fn wait_for_deployment(ground: &Ground, namespace: &str, name: &str, replicas: u
     let start = Instant::now();
     let timeout = Duration::from_secs(180);
     loop {
-        let events = json(ground, &["get", "events", "-n", namespace, "--field-selector", "reason=FailedCreate"]);
+        let events = json(
+            ground,
+            &[
+                "get",
+                "events",
+                "-n",
+                namespace,
+                "--field-selector",
+                "reason=FailedCreate",
+            ],
+        );
         let failed: Vec<String> = events["items"]
             .as_array()
             .into_iter()
             .flatten()
             .map(|e| format!("{}: {}", e["involvedObject"]["name"], e["message"]))
             .collect();
-        assert!(failed.is_empty(), "pods of {namespace}/{name} were refused:\n{}", failed.join("\n"));
+        assert!(
+            failed.is_empty(),
+            "pods of {namespace}/{name} were refused:\n{}",
+            failed.join("\n")
+        );
 
         let d = json(ground, &["get", "deployment", name, "-n", namespace]);
         let status = &d["status"];
@@ -359,7 +585,17 @@ fn wait_for_deployment(ground: &Ground, namespace: &str, name: &str, replicas: u
             return;
         }
         if start.elapsed() > timeout {
-            let pods = ground.run("kubectl", &["get", "pods,replicasets,events", "-n", namespace, "-o", "wide"]);
+            let pods = ground.run(
+                "kubectl",
+                &[
+                    "get",
+                    "pods,replicasets,events",
+                    "-n",
+                    namespace,
+                    "-o",
+                    "wide",
+                ],
+            );
             panic!(
                 "timed out after {timeout:?} waiting for {namespace}/{name} to have {replicas} available replicas; \
                  status: {status}\n{}",
@@ -372,7 +608,12 @@ fn wait_for_deployment(ground: &Ground, namespace: &str, name: &str, replicas: u
 
 fn helm_ok(ground: &Ground, args: &[&str]) -> String {
     let out = ground.run("helm", args);
-    assert!(out.status.success(), "helm {} failed:\n{}", args.join(" "), text(&out));
+    assert!(
+        out.status.success(),
+        "helm {} failed:\n{}",
+        args.join(" "),
+        text(&out)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -384,7 +625,11 @@ fn install_upgrade_uninstall_under_pod_security_restricted() {
     let chart = chart_dir();
 
     ground.kubectl(&["create", "namespace", &namespace]);
-    let cleanup = Cleanup { ground: &ground, release: release.clone(), namespace: namespace.clone() };
+    let cleanup = Cleanup {
+        ground: &ground,
+        release: release.clone(),
+        namespace: namespace.clone(),
+    };
     ground.kubectl(&[
         "label",
         "namespace",
@@ -395,17 +640,43 @@ fn install_upgrade_uninstall_under_pod_security_restricted() {
     ]);
 
     // The CRDs may already exist from other tests: Helm then leaves them as they are.
-    let out = helm_ok(&ground, &["install", &release, &chart, "--namespace", &namespace, "--timeout", "3m"]);
-    assert!(out.contains("STATUS: deployed"), "helm install did not deploy:\n{out}");
+    let out = helm_ok(
+        &ground,
+        &[
+            "install",
+            &release,
+            &chart,
+            "--namespace",
+            &namespace,
+            "--timeout",
+            "3m",
+        ],
+    );
+    assert!(
+        out.contains("STATUS: deployed"),
+        "helm install did not deploy:\n{out}"
+    );
     for crd in ["tenantcontrolplanes.orrery.dev", "datastores.orrery.dev"] {
         ground.kubectl(&["get", "crd", crd]);
     }
     // The release name contains the chart name, so it is the full name of every object.
     wait_for_deployment(&ground, &namespace, &release, 2);
     ground.kubectl(&["get", "poddisruptionbudget", &release, "-n", &namespace]);
-    ground.kubectl(&["get", "service", &format!("{release}-metrics"), "-n", &namespace]);
+    ground.kubectl(&[
+        "get",
+        "service",
+        &format!("{release}-metrics"),
+        "-n",
+        &namespace,
+    ]);
     ground.kubectl(&["get", "clusterrole,clusterrolebinding", &release]);
-    ground.kubectl(&["get", "role,rolebinding", &format!("{release}-leader-election"), "-n", &namespace]);
+    ground.kubectl(&[
+        "get",
+        "role,rolebinding",
+        &format!("{release}-leader-election"),
+        "-n",
+        &namespace,
+    ]);
 
     // The operator's ServiceAccount may do what it needs and nothing broader.
     let sa = format!("system:serviceaccount:{namespace}:{release}");
@@ -415,16 +686,39 @@ fn install_upgrade_uninstall_under_pod_security_restricted() {
         let out = ground.run("kubectl", &all);
         String::from_utf8_lossy(&out.stdout).trim() == "yes"
     };
-    assert!(can(&["watch", "tenantcontrolplanes.orrery.dev", "--all-namespaces"]));
-    assert!(can(&["patch", "tenantcontrolplanes.orrery.dev", "--subresource=status", "-n", "default"]));
+    assert!(can(&[
+        "watch",
+        "tenantcontrolplanes.orrery.dev",
+        "--all-namespaces"
+    ]));
+    assert!(can(&[
+        "patch",
+        "tenantcontrolplanes.orrery.dev",
+        "--subresource=status",
+        "-n",
+        "default"
+    ]));
     assert!(can(&["create", "deployments.apps", "-n", "default"]));
-    assert!(can(&["create", "leases.coordination.k8s.io", "-n", &namespace]));
+    assert!(can(&[
+        "create",
+        "leases.coordination.k8s.io",
+        "-n",
+        &namespace
+    ]));
     assert!(
         !can(&["create", "leases.coordination.k8s.io", "-n", "default"]),
         "leases are only in the release namespace"
     );
-    assert!(!can(&["delete", "pods", "-n", "default"]), "pods are read-only");
-    assert!(!can(&["create", "tenantcontrolplanes.orrery.dev", "-n", "default"]));
+    assert!(
+        !can(&["delete", "pods", "-n", "default"]),
+        "pods are read-only"
+    );
+    assert!(!can(&[
+        "create",
+        "tenantcontrolplanes.orrery.dev",
+        "-n",
+        "default"
+    ]));
     assert!(!can(&["create", "namespaces"]));
     assert!(!can(&["create", "clusterroles.rbac.authorization.k8s.io"]));
 
@@ -443,24 +737,68 @@ fn install_upgrade_uninstall_under_pod_security_restricted() {
             "3m",
         ],
     );
-    assert!(out.contains("STATUS: deployed"), "helm upgrade did not deploy:\n{out}");
+    assert!(
+        out.contains("STATUS: deployed"),
+        "helm upgrade did not deploy:\n{out}"
+    );
     wait_for_deployment(&ground, &namespace, &release, 3);
-    let history = helm_ok(&ground, &["history", &release, "--namespace", &namespace, "-o", "json"]);
-    let history: serde_json::Value = serde_json::from_str(&history).expect("helm history prints JSON");
-    assert_eq!(history.as_array().map(Vec::len), Some(2), "install and upgrade are two revisions: {history}");
+    let history = helm_ok(
+        &ground,
+        &["history", &release, "--namespace", &namespace, "-o", "json"],
+    );
+    let history: serde_json::Value =
+        serde_json::from_str(&history).expect("helm history prints JSON");
+    assert_eq!(
+        history.as_array().map(Vec::len),
+        Some(2),
+        "install and upgrade are two revisions: {history}"
+    );
 
-    helm_ok(&ground, &["uninstall", &release, "--namespace", &namespace, "--wait", "--timeout", "2m"]);
+    helm_ok(
+        &ground,
+        &[
+            "uninstall",
+            &release,
+            "--namespace",
+            &namespace,
+            "--wait",
+            "--timeout",
+            "2m",
+        ],
+    );
     for (what, args) in [
-        ("Deployment", vec!["get", "deployment", release.as_str(), "-n", namespace.as_str()]),
+        (
+            "Deployment",
+            vec![
+                "get",
+                "deployment",
+                release.as_str(),
+                "-n",
+                namespace.as_str(),
+            ],
+        ),
         ("ClusterRole", vec!["get", "clusterrole", release.as_str()]),
-        ("ClusterRoleBinding", vec!["get", "clusterrolebinding", release.as_str()]),
+        (
+            "ClusterRoleBinding",
+            vec!["get", "clusterrolebinding", release.as_str()],
+        ),
     ] {
         let out = ground.run("kubectl", &args);
-        assert!(!out.status.success(), "{what} {release} survived helm uninstall");
+        assert!(
+            !out.status.success(),
+            "{what} {release} survived helm uninstall"
+        );
     }
     // Helm never deletes CRDs from crds/: tenants' objects outlive the operator's release.
     ground.kubectl(&["get", "crd", "tenantcontrolplanes.orrery.dev"]);
 
     drop(cleanup);
-    ground.kubectl(&["delete", "namespace", &namespace, "--ignore-not-found", "--wait=true", "--timeout=120s"]);
+    ground.kubectl(&[
+        "delete",
+        "namespace",
+        &namespace,
+        "--ignore-not-found",
+        "--wait=true",
+        "--timeout=120s",
+    ]);
 }

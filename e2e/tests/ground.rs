@@ -13,17 +13,21 @@ use anyhow::{Context as _, Result, bail, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
 use orrery_e2e::{
-    Ground, create_namespace, delete_namespace, eventually, ground_command, process_running, processes_mentioning,
-    unique_name,
+    Ground, create_namespace, delete_namespace, eventually, ground_command, process_running,
+    processes_mentioning, unique_name,
 };
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
 fn ground() -> Ground {
-    Ground::get().expect("the test ground is up")
+    let ground = Ground::get().expect("the test ground is set up");
+    ground.ensure_running().expect("the test ground runs");
+    ground
 }
 
 /// Runs `body` in a fresh namespace and deletes the namespace afterwards, also on failure.
@@ -33,9 +37,13 @@ where
     Fut: Future<Output = Result<()>>,
 {
     let client = ground().client().await.expect("a client for the ground");
-    let ns = create_namespace(&client, prefix).await.expect("a test namespace");
+    let ns = create_namespace(&client, prefix)
+        .await
+        .expect("a test namespace");
     let result = body(client.clone(), ns.clone()).await;
-    delete_namespace(&client, &ns).await.expect("namespace deleted");
+    delete_namespace(&client, &ns)
+        .await
+        .expect("namespace deleted");
     result.unwrap();
 }
 
@@ -213,7 +221,11 @@ impl TestCrd {
 
     /// Creates a widget. Right after a CRD becomes Established its endpoint may still answer
     /// 404 for a moment, so that is retried.
-    async fn create_widget(&self, ns: &str, widget: &DynamicObject) -> Result<DynamicObject, kube::Error> {
+    async fn create_widget(
+        &self,
+        ns: &str,
+        widget: &DynamicObject,
+    ) -> Result<DynamicObject, kube::Error> {
         let api = self.api(ns);
         let start = Instant::now();
         loop {
@@ -228,7 +240,9 @@ impl TestCrd {
 
     async fn delete(self) {
         let crds: Api<CustomResourceDefinition> = Api::all(self.client);
-        crds.delete(&self.name, &DeleteParams::default()).await.expect("CRD deleted");
+        crds.delete(&self.name, &DeleteParams::default())
+            .await
+            .expect("CRD deleted");
     }
 }
 
@@ -238,17 +252,22 @@ async fn crd_cel_validation_rejects_a_bad_object_with_its_message() {
         let crd = TestCrd::create(&client, "cel").await?;
         let result = async {
             let good = crd.widget("good", json!({"replicas": 3, "minReplicas": 1}))?;
-            crd.create_widget(&ns, &good).await.context("a valid widget is accepted")?;
+            crd.create_widget(&ns, &good)
+                .await
+                .context("a valid widget is accepted")?;
 
             let bad = crd.widget("bad", json!({"replicas": 1, "minReplicas": 2}))?;
             let err = match crd.create_widget(&ns, &bad).await {
                 Ok(_) => bail!("a widget with minReplicas > replicas was accepted"),
                 Err(err) => err,
             };
-            let status = api_error(&err).with_context(|| format!("expected an API error, got {err}"))?;
+            let status =
+                api_error(&err).with_context(|| format!("expected an API error, got {err}"))?;
             ensure!(status.code == 422, "expected 422 Invalid, got {status:?}");
             ensure!(
-                status.message.contains("minReplicas must not exceed replicas"),
+                status
+                    .message
+                    .contains("minReplicas must not exceed replicas"),
                 "the error does not carry the rule's message: {}",
                 status.message
             );
@@ -259,7 +278,10 @@ async fn crd_cel_validation_rejects_a_bad_object_with_its_message() {
                 .patch("good", &PatchParams::default(), &Patch::Merge(&patch))
                 .await
                 .expect_err("an invalid update is rejected");
-            ensure!(api_error(&err).is_some_and(|s| s.message.contains("minReplicas must not exceed replicas")));
+            ensure!(
+                api_error(&err)
+                    .is_some_and(|s| s.message.contains("minReplicas must not exceed replicas"))
+            );
             Ok(())
         }
         .await;
@@ -283,13 +305,30 @@ async fn server_side_apply_owns_fields_and_detects_conflicts() {
         };
 
         let created = maps
-            .patch("settings", &PatchParams::apply("ground-a"), &Patch::Apply(config("blue")))
+            .patch(
+                "settings",
+                &PatchParams::apply("ground-a"),
+                &Patch::Apply(config("blue")),
+            )
             .await
             .context("apply creates")?;
         let first_version = created.metadata.resource_version.clone();
-        ensure!(created.data.as_ref().and_then(|d| d.get("color")).map(String::as_str) == Some("blue"));
+        ensure!(
+            created
+                .data
+                .as_ref()
+                .and_then(|d| d.get("color"))
+                .map(String::as_str)
+                == Some("blue")
+        );
 
-        let again = maps.patch("settings", &PatchParams::apply("ground-a"), &Patch::Apply(config("blue"))).await?;
+        let again = maps
+            .patch(
+                "settings",
+                &PatchParams::apply("ground-a"),
+                &Patch::Apply(config("blue")),
+            )
+            .await?;
         ensure!(
             again.metadata.resource_version == first_version,
             "re-applying the same object changed resourceVersion {first_version:?} -> {:?}",
@@ -297,27 +336,54 @@ async fn server_side_apply_owns_fields_and_detects_conflicts() {
         );
 
         let err = maps
-            .patch("settings", &PatchParams::apply("ground-b"), &Patch::Apply(config("red")))
+            .patch(
+                "settings",
+                &PatchParams::apply("ground-b"),
+                &Patch::Apply(config("red")),
+            )
             .await
             .expect_err("another manager may not take an owned field unforced");
-        let status = api_error(&err).with_context(|| format!("expected an API error, got {err}"))?;
+        let status =
+            api_error(&err).with_context(|| format!("expected an API error, got {err}"))?;
         ensure!(status.code == 409, "expected 409 Conflict, got {status:?}");
-        ensure!(status.message.contains("ground-a"), "the conflict names the owner: {}", status.message);
+        ensure!(
+            status.message.contains("ground-a"),
+            "the conflict names the owner: {}",
+            status.message
+        );
 
         let forced = maps
-            .patch("settings", &PatchParams::apply("ground-b").force(), &Patch::Apply(config("red")))
+            .patch(
+                "settings",
+                &PatchParams::apply("ground-b").force(),
+                &Patch::Apply(config("red")),
+            )
             .await
             .context("a forced apply takes the field")?;
-        ensure!(forced.data.as_ref().and_then(|d| d.get("color")).map(String::as_str) == Some("red"));
+        ensure!(
+            forced
+                .data
+                .as_ref()
+                .and_then(|d| d.get("color"))
+                .map(String::as_str)
+                == Some("red")
+        );
         let owners: Vec<String> = forced
             .metadata
             .managed_fields
             .unwrap_or_default()
             .into_iter()
-            .filter(|m| m.fields_v1.as_ref().is_some_and(|f| f.0.to_string().contains("f:color")))
+            .filter(|m| {
+                m.fields_v1
+                    .as_ref()
+                    .is_some_and(|f| f.0.to_string().contains("f:color"))
+            })
             .filter_map(|m| m.manager)
             .collect();
-        ensure!(owners == ["ground-b"], "f:color should be owned by ground-b alone, owners: {owners:?}");
+        ensure!(
+            owners == ["ground-b"],
+            "f:color should be owned by ground-b alone, owners: {owners:?}"
+        );
         Ok(())
     })
     .await;
@@ -334,26 +400,56 @@ async fn crd_status_and_scale_subresources() {
 
             // With a status subresource, status is written only through /status ...
             let status = json!({"status": {"replicas": 1, "phase": "Running"}});
-            let patched = api.patch_status("w", &PatchParams::default(), &Patch::Merge(&status)).await?;
-            ensure!(patched.data["status"]["phase"] == "Running", "status not patched: {:?}", patched.data);
+            let patched = api
+                .patch_status("w", &PatchParams::default(), &Patch::Merge(&status))
+                .await?;
+            ensure!(
+                patched.data["status"]["phase"] == "Running",
+                "status not patched: {:?}",
+                patched.data
+            );
             ensure!(patched.data["spec"]["color"] == "green");
             // ... and ignored on the main resource.
             let sneaky = json!({"status": {"phase": "Hacked"}, "spec": {"color": "blue"}});
-            let patched = api.patch("w", &PatchParams::default(), &Patch::Merge(&sneaky)).await?;
-            ensure!(patched.data["status"]["phase"] == "Running", "main resource wrote status: {:?}", patched.data);
+            let patched = api
+                .patch("w", &PatchParams::default(), &Patch::Merge(&sneaky))
+                .await?;
+            ensure!(
+                patched.data["status"]["phase"] == "Running",
+                "main resource wrote status: {:?}",
+                patched.data
+            );
             ensure!(patched.data["spec"]["color"] == "blue");
 
             let scale = api.get_scale("w").await?;
-            ensure!(scale.spec.and_then(|s| s.replicas) == Some(1), "scale reads spec.replicas");
-            ensure!(scale.status.map(|s| s.replicas) == Some(1), "scale reads status.replicas");
+            ensure!(
+                scale.spec.and_then(|s| s.replicas) == Some(1),
+                "scale reads spec.replicas"
+            );
+            ensure!(
+                scale.status.map(|s| s.replicas) == Some(1),
+                "scale reads status.replicas"
+            );
 
             let scaled = api
-                .patch_scale("w", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"replicas": 5}})))
+                .patch_scale(
+                    "w",
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"spec": {"replicas": 5}})),
+                )
                 .await?;
             ensure!(scaled.spec.and_then(|s| s.replicas) == Some(5));
             let widget = api.get("w").await?;
-            ensure!(widget.data["spec"]["replicas"] == 5, "scale did not reach spec.replicas: {:?}", widget.data);
-            ensure!(widget.data["spec"]["color"] == "blue", "scale touched other fields: {:?}", widget.data);
+            ensure!(
+                widget.data["spec"]["replicas"] == 5,
+                "scale did not reach spec.replicas: {:?}",
+                widget.data
+            );
+            ensure!(
+                widget.data["spec"]["color"] == "blue",
+                "scale touched other fields: {:?}",
+                widget.data
+            );
             Ok(())
         }
         .await;
@@ -366,7 +462,13 @@ async fn crd_status_and_scale_subresources() {
 #[test]
 fn kubectl_lists_the_kwok_nodes_ready() {
     let ground = ground();
-    let table = ground.kubectl(&["get", "nodes", "-l", "orrery.dev/ground-node=kwok", "--no-headers"]);
+    let table = ground.kubectl(&[
+        "get",
+        "nodes",
+        "-l",
+        "orrery.dev/ground-node=kwok",
+        "--no-headers",
+    ]);
     let nodes: BTreeMap<&str, &str> = table
         .lines()
         .filter_map(|line| {
@@ -376,23 +478,46 @@ fn kubectl_lists_the_kwok_nodes_ready() {
         .collect();
     assert!(!nodes.is_empty(), "no kwok nodes:\n{table}");
     for (i, (name, status)) in nodes.iter().enumerate() {
-        assert!(nodes.contains_key(format!("kwok-node-{i}").as_str()), "kwok nodes are not kwok-node-0..: {nodes:?}");
+        assert!(
+            nodes.contains_key(format!("kwok-node-{i}").as_str()),
+            "kwok nodes are not kwok-node-0..: {nodes:?}"
+        );
         assert_eq!(*status, "Ready", "{name} is not Ready:\n{table}");
     }
-    let untainted = ground.kubectl(&["get", "nodes", "-l", "type=kwok", "-o", "jsonpath={.items[*].spec.taints}"]);
-    assert!(untainted.trim().is_empty(), "kwok nodes have taints: {untainted}");
+    let untainted = ground.kubectl(&[
+        "get",
+        "nodes",
+        "-l",
+        "type=kwok",
+        "-o",
+        "jsonpath={.items[*].spec.taints}",
+    ]);
+    assert!(
+        untainted.trim().is_empty(),
+        "kwok nodes have taints: {untainted}"
+    );
 }
 
 /// Runs `e2e/ground <args>` for the second ground and returns its stderr; panics on failure.
 fn second_ground(args: &[&str]) -> String {
-    let out = ground_command(&SECOND).args(args).output().expect("running e2e/ground");
+    let out = ground_command(&SECOND)
+        .args(args)
+        .output()
+        .expect("running e2e/ground");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "e2e/ground {} failed:\n{stderr}", args.join(" "));
+    assert!(
+        out.status.success(),
+        "e2e/ground {} failed:\n{stderr}",
+        args.join(" ")
+    );
     stderr
 }
 
-const SECOND: [(&str, &str); 3] =
-    [("ORRERY_GROUND", "updown"), ("ORRERY_GROUND_PORT_BASE", "16540"), ("ORRERY_GROUND_NODES", "1")];
+const SECOND: [(&str, &str); 3] = [
+    ("ORRERY_GROUND", "updown"),
+    ("ORRERY_GROUND_PORT_BASE", "16540"),
+    ("ORRERY_GROUND_NODES", "1"),
+];
 
 /// Purges the second ground however the test ends.
 struct PurgeSecond;
@@ -421,15 +546,32 @@ fn up_and_down_three_times_leave_no_process_behind() {
         let names: Vec<&str> = pids.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(
             names,
-            ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "tenant-etcd"],
+            [
+                "etcd",
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+                "kwok",
+                "tenant-etcd"
+            ],
             "recorded components"
         );
         for (name, pid) in &pids {
-            assert!(process_running(*pid), "{name} (pid {pid}) does not run after up");
+            assert!(
+                process_running(*pid),
+                "{name} (pid {pid}) does not run after up"
+            );
         }
         let nodes = ground.kubectl(&["get", "nodes", "--no-headers"]);
-        assert!(nodes.starts_with("kwok-node-0 ") && nodes.contains(" Ready "), "second ground's nodes: {nodes}");
-        assert_eq!(nodes.lines().count(), 1, "the second ground has exactly one node: {nodes}");
+        assert!(
+            nodes.starts_with("kwok-node-0 ") && nodes.contains(" Ready "),
+            "second ground's nodes: {nodes}"
+        );
+        assert_eq!(
+            nodes.lines().count(),
+            1,
+            "the second ground has exactly one node: {nodes}"
+        );
         // It runs beside the default ground, which still answers.
         self::ground().kubectl(&["get", "--raw", "/readyz"]);
 
@@ -438,23 +580,40 @@ fn up_and_down_three_times_leave_no_process_behind() {
             let start = Instant::now();
             second_ground(&["up"]);
             let again = start.elapsed();
-            assert_eq!(ground.recorded_pids(), pids, "a second up replaced running components");
-            assert!(again < Duration::from_secs(20), "up on a running ground took {again:?}");
+            assert_eq!(
+                ground.recorded_pids(),
+                pids,
+                "a second up replaced running components"
+            );
+            assert!(
+                again < Duration::from_secs(20),
+                "up on a running ground took {again:?}"
+            );
             eprintln!("round {round}: up on the running ground took {again:?}");
         }
 
         second_ground(&["down"]);
         for (name, pid) in &pids {
-            assert!(!process_running(*pid), "{name} (pid {pid}) still runs after down");
+            assert!(
+                !process_running(*pid),
+                "{name} (pid {pid}) still runs after down"
+            );
         }
         assert!(ground.recorded_pids().is_empty(), "down left PID files");
         let needle = format!("{}/", state.display());
         let left = processes_mentioning(&needle);
-        assert!(left.is_empty(), "processes of the second ground survived down: {left:?}");
+        assert!(
+            left.is_empty(),
+            "processes of the second ground survived down: {left:?}"
+        );
         state_dir = Some(state);
     }
 
     second_ground(&["down", "--purge"]);
     let state = state_dir.expect("three rounds ran");
-    assert!(!Path::new(&state).exists(), "down --purge left {}", state.display());
+    assert!(
+        !Path::new(&state).exists(),
+        "down --purge left {}",
+        state.display()
+    );
 }

@@ -130,8 +130,14 @@ pub(super) fn parse_private_key(text: &str) -> Result<KeyPair, String> {
                     .map_err(|e| format!("unsupported or corrupt RSA key: {e}"));
             }
             "EC PARAMETERS" => continue,
-            "ENCRYPTED PRIVATE KEY" => return Err("encrypted private keys are not supported".into()),
-            other => return Err(format!("unexpected PEM block {other:?} where a private key belongs")),
+            "ENCRYPTED PRIVATE KEY" => {
+                return Err("encrypted private keys are not supported".into());
+            }
+            other => {
+                return Err(format!(
+                    "unexpected PEM block {other:?} where a private key belongs"
+                ));
+            }
         }
     }
     Err("no private key found".into())
@@ -151,7 +157,10 @@ pub(super) fn name(common_name: &str, organizations: &[String]) -> Vec<u8> {
         let atv = tlv(TAG_SEQUENCE, &[oid, &tlv(0x0c, value.as_bytes())].concat());
         tlv(TAG_SET, &atv)
     };
-    let mut rdns: Vec<u8> = organizations.iter().flat_map(|o| attribute(OID_O, o)).collect();
+    let mut rdns: Vec<u8> = organizations
+        .iter()
+        .flat_map(|o| attribute(OID_O, o))
+        .collect();
     rdns.extend(attribute(OID_CN, common_name));
     tlv(TAG_SEQUENCE, &rdns)
 }
@@ -189,5 +198,8 @@ pub(super) fn rewrite_names(
 
     let signature = signer.sign(&new_tbs).map_err(|e| e.to_string())?;
     let bits = tlv(0x03, &[&[0u8][..], &signature].concat());
-    Ok(tlv(TAG_SEQUENCE, &[&new_tbs[..], algorithm, &bits].concat()))
+    Ok(tlv(
+        TAG_SEQUENCE,
+        &[&new_tbs[..], algorithm, &bits].concat(),
+    ))
 }

@@ -19,8 +19,8 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod,
-    KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyIdMethod, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType,
 };
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
@@ -287,32 +287,45 @@ pub fn reconcile_pki(
             .certs
             .as_ref()
             .and_then(|c| Some((c.get(&crt_key)?, c.get(&key_key)?)));
-        let verdict = match existing {
-            None => Verdict::Renew("created".into()),
-            Some((cert, key)) => check_leaf(cert, key, signer, profile, spec.renew_before, now),
-        };
-        let (pair, not_after) = match verdict {
-            Verdict::Keep { not_after } => {
-                let (cert, key) = existing.expect("kept leaves exist");
-                (KeyPairPem { cert: cert.clone(), key: key.clone() }, not_after)
+        let kept = match existing {
+            None => Err("created".to_string()),
+            Some((cert, key)) => {
+                match check_leaf(cert, key, signer, profile, spec.renew_before, now) {
+                    Verdict::Keep { not_after } => Ok((
+                        KeyPairPem {
+                            cert: cert.clone(),
+                            key: key.clone(),
+                        },
+                        not_after,
+                    )),
+                    Verdict::Renew(reason) => Err(reason),
+                }
             }
-            Verdict::Renew(reason) => {
+        };
+        let (pair, not_after) = match kept {
+            Ok(kept) => kept,
+            Err(reason) => {
                 renewed.push((name.to_string(), reason));
-                let (pair, not_after) = signer.issue(name, profile, now)?;
-                (pair, not_after)
+                signer.issue(name, profile, now)?
             }
         };
         // A leaf cut short by its CA's expiry gains nothing from renewal; waking up for it would
         // only spin.
         if not_after < signer.not_after {
-            let due = not_after.checked_sub(spec.renew_before).unwrap_or(UNIX_EPOCH);
+            let due = not_after
+                .checked_sub(spec.renew_before)
+                .unwrap_or(UNIX_EPOCH);
             next_renewal = Some(next_renewal.map_or(due, |t| t.min(due)));
         }
         certs.insert(crt_key, pair.cert);
         certs.insert(key_key, pair.key);
     }
 
-    let external = format!("https://{}:{}", bracket(&endpoint_host), endpoint_port.unwrap_or(spec.api_port));
+    let external = format!(
+        "https://{}:{}",
+        bracket(&endpoint_host),
+        endpoint_port.unwrap_or(spec.api_port)
+    );
     let local = format!("https://127.0.0.1:{}", spec.api_port);
     let kubeconfig = |leaf: &str, user: &str, server: &str| {
         kubeconfig::render(&KubeconfigInput {
@@ -362,35 +375,58 @@ pub fn generate_ca(common_name: &str, validity: Duration) -> Result<KeyPairPem, 
 
 /// Issues a leaf certificate for `profile`, signed by `ca`, with a fresh ECDSA P-256 key. The
 /// lifetime is cut at the CA's own expiry, since a certificate cannot outlive its issuer.
-pub fn issue(ca: &KeyPairPem, profile: &CertProfile, now: SystemTime) -> Result<KeyPairPem, PkiError> {
-    let loaded = LoadedCa::load("CA", &ca.cert, &ca.key, now).map_err(|reason| PkiError::UnusableCa {
-        which: "the issuing CA".into(),
-        reason,
-    })?;
+pub fn issue(
+    ca: &KeyPairPem,
+    profile: &CertProfile,
+    now: SystemTime,
+) -> Result<KeyPairPem, PkiError> {
+    let loaded =
+        LoadedCa::load("CA", &ca.cert, &ca.key, now).map_err(|reason| PkiError::UnusableCa {
+            which: "the issuing CA".into(),
+            reason,
+        })?;
     Ok(loaded.issue(&profile.common_name, profile, now)?.0)
 }
 
 /// Whether `pair` is a certificate for `profile`, signed by `ca`, whose key matches and which
 /// has more than a third of `profile.validity` left (renewing at two thirds of the lifetime, as
 /// cert-manager does by default). For callers that keep no renewal window of their own.
-pub fn is_valid_for(pair: &KeyPairPem, ca: &KeyPairPem, profile: &CertProfile, now: SystemTime) -> bool {
+pub fn is_valid_for(
+    pair: &KeyPairPem,
+    ca: &KeyPairPem,
+    profile: &CertProfile,
+    now: SystemTime,
+) -> bool {
     let Ok(loaded) = LoadedCa::load("CA", &ca.cert, &ca.key, now) else {
         return false;
     };
     matches!(
-        check_leaf(&pair.cert, &pair.key, &loaded, profile, profile.validity / 3, now),
+        check_leaf(
+            &pair.cert,
+            &pair.key,
+            &loaded,
+            profile,
+            profile.validity / 3,
+            now
+        ),
         Verdict::Keep { .. }
     )
 }
 
-fn generate_ca_at(common_name: &str, validity: Duration, now: SystemTime) -> Result<KeyPairPem, PkiError> {
+fn generate_ca_at(
+    common_name: &str,
+    validity: Duration,
+    now: SystemTime,
+) -> Result<KeyPairPem, PkiError> {
     let failed = |e: rcgen::Error| PkiError::Issue {
         what: common_name.to_string(),
         reason: e.to_string(),
     };
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(failed)?;
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, common_name);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -420,21 +456,31 @@ struct LoadedCa {
 impl LoadedCa {
     /// Loads and checks a CA; the error is the reason it is unusable.
     fn load(which: &str, cert_pem: &str, key_pem: &str, now: SystemTime) -> Result<Self, String> {
-        let der = der::first_block(cert_pem, "CERTIFICATE").map_err(|e| format!("{which} certificate: {e}"))?;
+        let der = der::first_block(cert_pem, "CERTIFICATE")
+            .map_err(|e| format!("{which} certificate: {e}"))?;
         let (_, cert) = x509_parser::parse_x509_certificate(&der)
             .map_err(|e| format!("{which} certificate does not parse: {e}"))?;
         match cert.basic_constraints() {
             Ok(Some(bc)) if bc.value.ca => {}
-            _ => return Err(format!("{which} certificate is not a CA (no basicConstraints CA:TRUE)")),
+            _ => {
+                return Err(format!(
+                    "{which} certificate is not a CA (no basicConstraints CA:TRUE)"
+                ));
+            }
         }
         if let Ok(Some(ku)) = cert.key_usage()
             && !ku.value.key_cert_sign()
         {
-            return Err(format!("{which} certificate may not sign certificates (no keyCertSign)"));
+            return Err(format!(
+                "{which} certificate may not sign certificates (no keyCertSign)"
+            ));
         }
         let not_after = to_system(cert.validity().not_after);
         if not_after <= now {
-            return Err(format!("{which} certificate expired at {}", rfc3339(not_after)));
+            return Err(format!(
+                "{which} certificate expired at {}",
+                rfc3339(not_after)
+            ));
         }
         let key = der::parse_private_key(key_pem).map_err(|e| format!("{which} key: {e}"))?;
         if key.public_key_raw() != cert.public_key().subject_public_key.data.as_ref() {
@@ -446,12 +492,18 @@ impl LoadedCa {
             Err(_) => {
                 // rcgen cannot model this subject (multi-valued RDN, exotic string type): sign
                 // under an empty name and put the real subject bytes in afterwards.
-                let key = der::parse_private_key(key_pem).map_err(|e| format!("{which} key: {e}"))?;
+                let key =
+                    der::parse_private_key(key_pem).map_err(|e| format!("{which} key: {e}"))?;
                 let mut params = CertificateParams::default();
-                if let Some(ski) = cert.iter_extensions().find_map(|ext| match ext.parsed_extension() {
-                    x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
-                    _ => None,
-                }) {
+                if let Some(ski) =
+                    cert.iter_extensions()
+                        .find_map(|ext| match ext.parsed_extension() {
+                            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => {
+                                Some(id.0.to_vec())
+                            }
+                            _ => None,
+                        })
+                {
                     params.key_identifier_method = KeyIdMethod::PreSpecified(ski);
                 }
                 Issuer::new(params, key)
@@ -471,21 +523,32 @@ impl LoadedCa {
         let Ok((_, ca)) = x509_parser::parse_x509_certificate(&self.der) else {
             return false;
         };
-        leaf.issuer().as_raw() == self.subject.as_slice() && leaf.verify_signature(Some(ca.public_key())).is_ok()
+        leaf.issuer().as_raw() == self.subject.as_slice()
+            && leaf.verify_signature(Some(ca.public_key())).is_ok()
     }
 
     /// Issues a leaf; returns it with its expiry.
-    fn issue(&self, what: &str, profile: &CertProfile, now: SystemTime) -> Result<(KeyPairPem, SystemTime), PkiError> {
+    fn issue(
+        &self,
+        what: &str,
+        profile: &CertProfile,
+        now: SystemTime,
+    ) -> Result<(KeyPairPem, SystemTime), PkiError> {
         let failed = |reason: String| PkiError::Issue {
             what: what.to_string(),
             reason,
         };
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| failed(e.to_string()))?;
+        let key =
+            KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| failed(e.to_string()))?;
         let mut params = CertificateParams::default();
         if let Some(org) = profile.organizations.first() {
-            params.distinguished_name.push(DnType::OrganizationName, org.as_str());
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, org.as_str());
         }
-        params.distinguished_name.push(DnType::CommonName, profile.common_name.as_str());
+        params
+            .distinguished_name
+            .push(DnType::CommonName, profile.common_name.as_str());
         for dns in &profile.dns_names {
             let name = dns
                 .as_str()
@@ -493,35 +556,47 @@ impl LoadedCa {
                 .map_err(|_| invalid("DNS SAN", format!("{dns:?} is not an ASCII host name")))?;
             params.subject_alt_names.push(SanType::DnsName(name));
         }
-        params
-            .subject_alt_names
-            .extend(profile.ip_addresses.iter().map(|ip| SanType::IpAddress(*ip)));
+        params.subject_alt_names.extend(
+            profile
+                .ip_addresses
+                .iter()
+                .map(|ip| SanType::IpAddress(*ip)),
+        );
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         if profile.usage.server() {
-            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ServerAuth);
         }
         if profile.usage.client() {
-            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ClientAuth);
         }
         params.use_authority_key_identifier_extension = true;
         let not_after = truncate(now + profile.validity).min(self.not_after);
         params.not_before = to_offset(now.checked_sub(CLOCK_SKEW).unwrap_or(now));
         params.not_after = to_offset(not_after);
-        let cert = params.signed_by(&key, &self.issuer).map_err(|e| failed(e.to_string()))?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| failed(e.to_string()))?;
 
         let exact_issuer = {
-            let (_, parsed) = x509_parser::parse_x509_certificate(cert.der()).map_err(|e| failed(e.to_string()))?;
+            let (_, parsed) = x509_parser::parse_x509_certificate(cert.der())
+                .map_err(|e| failed(e.to_string()))?;
             parsed.issuer().as_raw() == self.subject.as_slice()
         };
         let several_orgs = profile.organizations.len() > 1;
         let cert_pem = if exact_issuer && !several_orgs {
             cert.pem()
         } else {
-            let subject = several_orgs.then(|| der::name(&profile.common_name, &profile.organizations));
+            let subject =
+                several_orgs.then(|| der::name(&profile.common_name, &profile.organizations));
             let issuer = (!exact_issuer).then_some(self.subject.as_slice());
             let fixed =
-                der::rewrite_names(cert.der(), issuer, subject.as_deref(), self.issuer.key()).map_err(failed)?;
+                der::rewrite_names(cert.der(), issuer, subject.as_deref(), self.issuer.key())
+                    .map_err(failed)?;
             der::pem("CERTIFICATE", &fixed)
         };
         Ok((
@@ -542,7 +617,11 @@ fn ensure_ca(
     now: SystemTime,
     renewed: &mut Vec<(String, String)>,
 ) -> Result<(BTreeMap<String, String>, LoadedCa), PkiError> {
-    let which = if item == ITEM_CA { "tenant CA" } else { "front-proxy CA" };
+    let which = if item == ITEM_CA {
+        "tenant CA"
+    } else {
+        "front-proxy CA"
+    };
     let unusable = |reason: String| PkiError::UnusableCa {
         which: format!("the {which}"),
         reason: format!(
@@ -552,8 +631,12 @@ fn ensure_ca(
     };
     let (cert, key) = match current {
         Some(data) => {
-            let cert = data.get(TLS_CRT).ok_or_else(|| unusable(format!("{TLS_CRT} is missing")))?;
-            let key = data.get(TLS_KEY).ok_or_else(|| unusable(format!("{TLS_KEY} is missing")))?;
+            let cert = data
+                .get(TLS_CRT)
+                .ok_or_else(|| unusable(format!("{TLS_CRT} is missing")))?;
+            let key = data
+                .get(TLS_KEY)
+                .ok_or_else(|| unusable(format!("{TLS_KEY} is missing")))?;
             (cert.clone(), key.clone())
         }
         None => {
@@ -592,8 +675,15 @@ fn ensure_service_account(
     let public = match data.get(SA_PUB) {
         Some(p) if der::first_block(p, "PUBLIC KEY").is_ok_and(|d| d == spki) => p.clone(),
         found => {
-            let why = if found.is_some() { "did not match" } else { "was missing, derived from" };
-            renewed.push((ITEM_SERVICE_ACCOUNT.to_string(), format!("{SA_PUB} {why} {SA_KEY}")));
+            let why = if found.is_some() {
+                "did not match"
+            } else {
+                "was missing, derived from"
+            };
+            renewed.push((
+                ITEM_SERVICE_ACCOUNT.to_string(),
+                format!("{SA_PUB} {why} {SA_KEY}"),
+            ));
             key.public_key_pem()
         }
     };
@@ -634,8 +724,14 @@ fn check_leaf(
         return renew("not signed by the current CA");
     }
     let subject = cert.subject();
-    let common_names: Vec<&str> = subject.iter_common_name().filter_map(|a| a.as_str().ok()).collect();
-    let mut orgs: Vec<&str> = subject.iter_organization().filter_map(|a| a.as_str().ok()).collect();
+    let common_names: Vec<&str> = subject
+        .iter_common_name()
+        .filter_map(|a| a.as_str().ok())
+        .collect();
+    let mut orgs: Vec<&str> = subject
+        .iter_organization()
+        .filter_map(|a| a.as_str().ok())
+        .collect();
     let mut want_orgs: Vec<&str> = profile.organizations.iter().map(String::as_str).collect();
     orgs.sort_unstable();
     want_orgs.sort_unstable();
@@ -655,7 +751,11 @@ fn check_leaf(
             }
         }
     }
-    let mut want_dns: Vec<String> = profile.dns_names.iter().map(|d| d.to_ascii_lowercase()).collect();
+    let mut want_dns: Vec<String> = profile
+        .dns_names
+        .iter()
+        .map(|d| d.to_ascii_lowercase())
+        .collect();
     let mut want_ips = profile.ip_addresses.clone();
     for list in [&mut dns, &mut want_dns] {
         list.sort_unstable();
@@ -690,13 +790,19 @@ fn check_leaf(
     }
     // Renewing a leaf already cut at its CA's expiry would give the very same end date.
     if now + renew_before >= not_after && not_after < ca.not_after {
-        return Verdict::Renew(format!("expires at {}, inside the renewal window", rfc3339(not_after)));
+        return Verdict::Renew(format!(
+            "expires at {}, inside the renewal window",
+            rfc3339(not_after)
+        ));
     }
     Verdict::Keep { not_after }
 }
 
 /// The profile of every leaf of a tenant, in [`LEAVES`] order.
-fn leaf_profiles(spec: &TenantPkiSpec, endpoint_host: &str) -> Result<Vec<(&'static str, CertProfile)>, PkiError> {
+fn leaf_profiles(
+    spec: &TenantPkiSpec,
+    endpoint_host: &str,
+) -> Result<Vec<(&'static str, CertProfile)>, PkiError> {
     let validity = spec.validity;
     let client = |cn: &str, orgs: &[&str]| CertProfile::client(cn, orgs, validity);
     let (dns_names, ip_addresses) = apiserver_sans(spec, endpoint_host)?;
@@ -722,16 +828,25 @@ fn leaf_profiles(spec: &TenantPkiSpec, endpoint_host: &str) -> Result<Vec<(&'sta
         (FRONT_PROXY_CLIENT, client("front-proxy-client", &[])),
         (DATASTORE_CLIENT, client(&spec.datastore_user, &[])),
         (ADMIN, client("kubernetes-admin", &["system:masters"])),
-        (CONTROLLER_MANAGER, client("system:kube-controller-manager", &[])),
+        (
+            CONTROLLER_MANAGER,
+            client("system:kube-controller-manager", &[]),
+        ),
         (SCHEDULER, client("system:kube-scheduler", &[])),
-        (KONNECTIVITY_SERVER, client("system:konnectivity-server", &[])),
+        (
+            KONNECTIVITY_SERVER,
+            client("system:konnectivity-server", &[]),
+        ),
     ])
 }
 
 /// Every name a client may use to reach the tenant apiserver: in-cluster (`kubernetes...` and
 /// the service ClusterIP), inside the pod (localhost), through the management Service, through
 /// the endpoint, and whatever the user added.
-fn apiserver_sans(spec: &TenantPkiSpec, endpoint_host: &str) -> Result<(Vec<String>, Vec<IpAddr>), PkiError> {
+fn apiserver_sans(
+    spec: &TenantPkiSpec,
+    endpoint_host: &str,
+) -> Result<(Vec<String>, Vec<IpAddr>), PkiError> {
     let mut dns: Vec<String> = Vec::new();
     let mut ips: Vec<IpAddr> = Vec::new();
     let mut add = |value: &str, field: &str| -> Result<(), PkiError> {
@@ -743,7 +858,10 @@ fn apiserver_sans(spec: &TenantPkiSpec, endpoint_host: &str) -> Result<(Vec<Stri
             return Ok(());
         }
         if !is_dns_san(value) {
-            return Err(invalid(field, format!("{value:?} is neither an IP address nor a DNS name")));
+            return Err(invalid(
+                field,
+                format!("{value:?} is neither an IP address nor a DNS name"),
+            ));
         }
         let value = value.to_ascii_lowercase();
         if !dns.contains(&value) {
@@ -758,7 +876,10 @@ fn apiserver_sans(spec: &TenantPkiSpec, endpoint_host: &str) -> Result<(Vec<Stri
     for name in ["kubernetes", "kubernetes.default", "kubernetes.default.svc"] {
         add(name, "SAN")?;
     }
-    add(&format!("kubernetes.default.svc.{domain}"), "cluster domain")?;
+    add(
+        &format!("kubernetes.default.svc.{domain}"),
+        "cluster domain",
+    )?;
     add("localhost", "SAN")?;
     for ip in first_service_ips(&spec.service_cidr)? {
         add(&ip.to_string(), "service CIDR")?;
@@ -786,7 +907,9 @@ fn is_dns_san(name: &str) -> bool {
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 
@@ -801,12 +924,19 @@ fn first_service_ips(cidrs: &str) -> Result<Vec<IpAddr>, PkiError> {
                 .parse()
                 .map_err(|e| invalid("service CIDR", format!("{cidr:?}: {e}")))?;
             let first = match net.network() {
-                IpAddr::V4(n) => u32::from(n).checked_add(1).map(|v| IpAddr::from(std::net::Ipv4Addr::from(v))),
-                IpAddr::V6(n) => u128::from(n).checked_add(1).map(|v| IpAddr::from(std::net::Ipv6Addr::from(v))),
+                IpAddr::V4(n) => u32::from(n)
+                    .checked_add(1)
+                    .map(|v| IpAddr::from(std::net::Ipv4Addr::from(v))),
+                IpAddr::V6(n) => u128::from(n)
+                    .checked_add(1)
+                    .map(|v| IpAddr::from(std::net::Ipv6Addr::from(v))),
             };
-            first
-                .filter(|ip| net.contains(ip))
-                .ok_or_else(|| invalid("service CIDR", format!("{cidr:?} has no address for the kubernetes Service")))
+            first.filter(|ip| net.contains(ip)).ok_or_else(|| {
+                invalid(
+                    "service CIDR",
+                    format!("{cidr:?} has no address for the kubernetes Service"),
+                )
+            })
         })
         .collect::<Result<Vec<_>, _>>()
         .and_then(|ips| {
@@ -826,7 +956,14 @@ fn split_host_port(endpoint: &str) -> Result<(String, Option<u16>), PkiError> {
         let (host, after) = rest.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
         match after {
             "" => (host, None),
-            _ => (host, Some(after.strip_prefix(':').ok_or_else(|| bad("expected ':' after ']'"))?)),
+            _ => (
+                host,
+                Some(
+                    after
+                        .strip_prefix(':')
+                        .ok_or_else(|| bad("expected ':' after ']'"))?,
+                ),
+            ),
         }
     } else if endpoint.matches(':').count() == 1 {
         let (host, port) = endpoint.split_once(':').unwrap_or((endpoint, ""));
@@ -873,7 +1010,8 @@ fn truncate(t: SystemTime) -> SystemTime {
 
 fn to_offset(t: SystemTime) -> OffsetDateTime {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(i64::MAX)).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(i64::MAX))
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 fn to_system(t: ASN1Time) -> SystemTime {
