@@ -309,7 +309,7 @@ pub async fn ensure_tenant(etcd: &mut EtcdClient, namespace: &str, name: &str) -
     }
     match etcd.user_get(user.as_str()).await {
         Ok(u) => {
-            if !u.roles().iter().any(|r| *r == user) {
+            if !u.roles().contains(&user) {
                 etcd.user_grant_role(user.as_str(), user.as_str()).await?;
             }
         }

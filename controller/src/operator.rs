@@ -408,7 +408,7 @@ impl Shutdown {
     }
 
     /// Completes once shutdown was triggered (or the trigger was dropped).
-    pub fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
+    pub fn wait(&self) -> impl Future<Output = ()> + Send + Sync + 'static {
         let mut rx = self.rx.clone();
         async move {
             let _ = rx.wait_for(|&stop| stop).await;
@@ -509,6 +509,10 @@ async fn run_controller(args: ControllerArgs, lease_namespace: Option<String>) -
         tokio::select! {
             () = elector.acquire() => {}
             () = shutdown.wait() => {
+                // An attempt cut short may still have taken the Lease: give it back if so.
+                if let Err(e) = timeout(Duration::from_secs(5), elector.release()).await {
+                    warn!(error = %e, "cannot release the leader-election Lease");
+                }
                 http.stop().await;
                 return ExitCode::SUCCESS;
             }
@@ -1114,6 +1118,11 @@ mod tests {
         err
     }
 
+    /// Asserts that `flag=value` is refused with an error naming `flag`.
+    fn refused_value(flag: &str, value: &str) -> clap::Error {
+        refused(&[&format!("{flag}={value}")], flag)
+    }
+
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
@@ -1191,10 +1200,10 @@ mod tests {
     #[test]
     fn bad_values_name_their_flag() {
         for addr in ["8080", "localhost:8080", "0.0.0.0", "0.0.0.0:99999", ""] {
-            refused(&["--metrics-addr", addr], "--metrics-addr");
+            refused_value("--metrics-addr", addr);
         }
-        for secs in ["0", "-1", "abc", "1.5", "99999999"] {
-            refused(&["--resync-seconds", secs], "--resync-seconds");
+        for secs in ["0", "-1", "", "abc", "1.5", "99999999"] {
+            refused_value("--resync-seconds", secs);
         }
         for ns in [
             "",
@@ -1204,10 +1213,7 @@ mod tests {
             "a.b",
             &"a".repeat(64),
         ] {
-            refused(
-                &["--leader-election-namespace", ns],
-                "--leader-election-namespace",
-            );
+            refused_value("--leader-election-namespace", ns);
         }
         for name in [
             "",
@@ -1217,10 +1223,10 @@ mod tests {
             "x-",
             &"a".repeat(254),
         ] {
-            refused(&["--leader-election-name", name], "--leader-election-name");
+            refused_value("--leader-election-name", name);
         }
         for id in ["", " ", "a b", &"a".repeat(129)] {
-            refused(&["--identity", id], "--identity");
+            refused_value("--identity", id);
         }
         for registry in [
             "",
@@ -1231,9 +1237,9 @@ mod tests {
             "Registry.io",
             "a b",
         ] {
-            refused(&["--image-registry", registry], "--image-registry");
+            refused_value("--image-registry", registry);
         }
-        refused(&["--log-format", "xml"], "--log-format");
+        refused_value("--log-format", "xml");
         let err = refused(&["--no-such-flag"], "--no-such-flag");
         assert_eq!(err.kind(), ErrorKind::UnknownArgument);
     }
