@@ -5,6 +5,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 pub const CERTIFICATES_READY: &str = "CertificatesReady";
 pub const DATASTORE_READY: &str = "DataStoreReady";
 pub const CONTROL_PLANE_AVAILABLE: &str = "ControlPlaneAvailable";
+pub const TENANT_API_READY: &str = "TenantAPIReady";
+pub const TENANT_BOOTSTRAPPED: &str = "TenantBootstrapped";
 pub const READY: &str = "Ready";
 
 /// Sets condition `type_` in `conditions`. `lastTransitionTime` moves only when the status

@@ -12,6 +12,8 @@ pub struct Settings {
     pub image_registry: String,
     /// How long an unchanged object waits before it is reconciled again (drift check).
     pub resync: Duration,
+    /// Whether to reach into tenant clusters (readiness via /readyz, bootstrap, add-ons).
+    pub tenant_access: bool,
 }
 
 impl Default for Settings {
@@ -19,6 +21,7 @@ impl Default for Settings {
         Self {
             image_registry: "registry.k8s.io".into(),
             resync: Duration::from_secs(300),
+            tenant_access: true,
         }
     }
 }

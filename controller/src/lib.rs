@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod operator;
 pub mod pki;
 pub mod reconcile;
+pub mod tenant;
 
 pub use error::{Error, Result};
 

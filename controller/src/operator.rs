@@ -161,6 +161,21 @@ pub struct ControllerArgs {
         value_parser = clap::value_parser!(u64).range(1..=86_400 * 7),
     )]
     pub resync_seconds: u64,
+
+    /// Reach into each tenant cluster: a tenant is Ready only when its apiserver answers /readyz,
+    /// and Orrery applies the tenant bootstrap (kubeadm config, bootstrap-token RBAC, cluster-info)
+    /// and add-ons there. Off only where control-plane pods cannot really run (fake nodes).
+    #[arg(
+        long,
+        env = "ORRERY_TENANT_ACCESS",
+        value_name = "BOOL",
+        default_value = "true",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        require_equals = true,
+        value_parser = BoolishValueParser::new(),
+    )]
+    pub tenant_access: bool,
 }
 
 impl ControllerArgs {
@@ -169,6 +184,7 @@ impl ControllerArgs {
         Settings {
             image_registry: self.image_registry.clone(),
             resync: Duration::from_secs(self.resync_seconds),
+            tenant_access: self.tenant_access,
         }
     }
 

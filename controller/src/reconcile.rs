@@ -9,12 +9,14 @@
 use crate::api::{DataStore, SecretRef, TenantControlPlane, TenantControlPlaneStatus};
 use crate::apply::{MANAGED_BY, apply};
 use crate::conditions::{
-    self, CERTIFICATES_READY, CONTROL_PLANE_AVAILABLE, DATASTORE_READY, READY,
+    self, CERTIFICATES_READY, CONTROL_PLANE_AVAILABLE, DATASTORE_READY, READY, TENANT_API_READY,
+    TENANT_BOOTSTRAPPED,
 };
 use crate::context::Context;
 use crate::controlplane::{self, DeploymentInputs, Names};
 use crate::datastore::{self, Connection};
 use crate::pki::{self, CurrentPki, DesiredPki, TenantPkiSpec};
+use crate::tenant;
 use crate::{Error, Result};
 use futures::StreamExt;
 use k8s_openapi::ByteString;
@@ -230,8 +232,72 @@ impl Tenant {
         .await
         .map_err(Err)?;
 
-        self.observe_deployment(&deployment);
+        let available = self.observe_deployment(&deployment);
+        if self.ctx.settings.tenant_access {
+            self.bootstrap_tenant(&desired, &endpoint, available)
+                .await?;
+        }
         Ok(next_renewal)
+    }
+
+    /// Checks that the tenant API answers /readyz and applies the bootstrap and add-ons there.
+    async fn bootstrap_tenant(
+        &mut self,
+        desired: &DesiredPki,
+        endpoint: &str,
+        available: bool,
+    ) -> Result<(), Result<Blocked, Error>> {
+        if !available {
+            return Err(Ok(Blocked {
+                condition: TENANT_API_READY,
+                reason: "WaitingForControlPlane",
+                message: "no control-plane pod is available yet".into(),
+            }));
+        }
+        let kubeconfig = desired
+            .admin_kubeconfig
+            .get(pki::ADMIN_KUBECONFIG)
+            .cloned()
+            .unwrap_or_default();
+        let tenant = tenant_client(&kubeconfig).await.map_err(Err)?;
+        let readyz = http::Request::get("/readyz")
+            .body(Vec::new())
+            .expect("static request");
+        if let Err(e) = tenant.request_text(readyz).await {
+            return Err(Ok(Blocked {
+                condition: TENANT_API_READY,
+                reason: "TenantAPINotReady",
+                message: format!("the tenant apiserver at {endpoint} does not answer /readyz: {e}"),
+            }));
+        }
+        self.set(
+            TENANT_API_READY,
+            true,
+            "Answering",
+            format!("the tenant apiserver answers /readyz at {endpoint}"),
+        );
+        let inputs = tenant::BootstrapInputs {
+            endpoint: endpoint.to_string(),
+            ca_pem: desired.certs.get(pki::CA_CRT).cloned().unwrap_or_default(),
+            image_registry: self.ctx.settings.image_registry.clone(),
+        };
+        let objects = tenant::build(&self.tcp, &inputs).map_err(Err)?;
+        match tenant::apply_all(&tenant, &objects).await {
+            Ok(n) => {
+                self.set(
+                    TENANT_BOOTSTRAPPED,
+                    true,
+                    "Applied",
+                    format!("{n} bootstrap and add-on objects in place"),
+                );
+                Ok(())
+            }
+            Err(e) => Err(Ok(Blocked {
+                condition: TENANT_BOOTSTRAPPED,
+                reason: "BootstrapFailed",
+                message: format!("applying the tenant bootstrap failed: {e}"),
+            })),
+        }
     }
 
     /// Resolves the DataStore and how to reach it.
@@ -455,7 +521,8 @@ impl Tenant {
         Ok(())
     }
 
-    fn observe_deployment(&mut self, deployment: &Deployment) {
+    /// Records the rollout and availability; returns whether a control-plane pod is available.
+    fn observe_deployment(&mut self, deployment: &Deployment) -> bool {
         let want = self.tcp.spec.replicas;
         let status = deployment.status.clone().unwrap_or_default();
         let available = status.available_replicas.unwrap_or(0);
@@ -472,11 +539,15 @@ impl Tenant {
         } else {
             self.set(CONTROL_PLANE_AVAILABLE, false, "Unavailable", message);
         }
+        available > 0
     }
 
     /// Derives Ready and the phase, and writes the status if anything changed.
     async fn write_status(&mut self, was_ready: bool) -> Result<()> {
-        let all = [CERTIFICATES_READY, DATASTORE_READY, CONTROL_PLANE_AVAILABLE];
+        let mut all = vec![CERTIFICATES_READY, DATASTORE_READY, CONTROL_PLANE_AVAILABLE];
+        if self.ctx.settings.tenant_access {
+            all.extend([TENANT_API_READY, TENANT_BOOTSTRAPPED]);
+        }
         let mut waiting: Vec<&str> = all
             .iter()
             .filter(|c| !conditions::is_true(&self.status.conditions, c))
@@ -540,6 +611,25 @@ impl Tenant {
         }
         Ok(())
     }
+}
+
+/// A client for the tenant apiserver from the admin kubeconfig, with short timeouts so an
+/// unreachable tenant does not hold a reconcile.
+async fn tenant_client(kubeconfig: &str) -> Result<kube::Client> {
+    let kubeconfig =
+        kube::config::Kubeconfig::from_yaml(kubeconfig).map_err(|e| Error::Invalid {
+            field: "admin kubeconfig".into(),
+            reason: e.to_string(),
+        })?;
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .map_err(|e| Error::Invalid {
+            field: "admin kubeconfig".into(),
+            reason: e.to_string(),
+        })?;
+    config.connect_timeout = Some(Duration::from_secs(3));
+    config.read_timeout = Some(Duration::from_secs(10));
+    Ok(kube::Client::try_from(config)?)
 }
 
 fn secret_text(secret: Secret) -> BTreeMap<String, String> {

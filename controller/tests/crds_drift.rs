@@ -8,7 +8,8 @@ fn committed_crds_match_the_rust_types() {
     let generated = orrery::crdgen::crds_yaml();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     for file in ["crds/orrery.dev.yaml", "charts/orrery/crds/orrery.dev.yaml"] {
-        let committed = std::fs::read_to_string(root.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let committed =
+            std::fs::read_to_string(root.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert!(
             committed == generated,
             "{file} differs from `orrery crds`; regenerate it: cargo run -p orrery -- crds > {file}"

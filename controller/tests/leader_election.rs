@@ -9,7 +9,7 @@ use kube::api::{DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use orrery::operator::{Attempt, LeaderElector, LeaseConfig};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use tokio::time::{Instant, sleep, timeout};
@@ -43,8 +43,11 @@ fn kubeconfig_path() -> PathBuf {
 
 /// A client of the ground's apiserver; panics if there is none.
 async fn client() -> Client {
-    let path = kubeconfig_path();
-    let kubeconfig = Kubeconfig::read_from(&path)
+    client_of(&kubeconfig_path()).await
+}
+
+async fn client_of(path: &Path) -> Client {
+    let kubeconfig = Kubeconfig::read_from(path)
         .unwrap_or_else(|e| panic!("cannot read kubeconfig {}: {e}", path.display()));
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
@@ -111,20 +114,24 @@ impl TestLease {
 
 impl Drop for TestLease {
     fn drop(&mut self) {
-        let api = self.api.clone();
         let name = self.name.clone();
-        // Best effort, on a runtime of its own: the test's runtime may be shutting down.
+        // Best effort, with a client and a runtime of its own: the test's client runs on the
+        // test's runtime, which this thread blocks.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
             rt.block_on(async {
-                let _ = timeout(
+                let api = Api::<Lease>::namespaced(client_of(&kubeconfig_path()).await, NAMESPACE);
+                let deleted = timeout(
                     Duration::from_secs(5),
                     api.delete(&name, &DeleteParams::default()),
                 )
                 .await;
+                if !matches!(deleted, Ok(Ok(_))) {
+                    eprintln!("could not delete the test Lease {NAMESPACE}/{name}: {deleted:?}");
+                }
             });
         })
         .join();

@@ -27,7 +27,11 @@ async fn main() -> Result<()> {
         .nth(1)
         .unwrap_or_else(|| "1,10,100".into())
         .split(',')
-        .map(|n| n.trim().parse().context("tenant counts are comma-separated numbers"))
+        .map(|n| {
+            n.trim()
+                .parse()
+                .context("tenant counts are comma-separated numbers")
+        })
         .collect::<Result<_>>()?;
     pki_cpu_time()?;
 
@@ -37,7 +41,10 @@ async fn main() -> Result<()> {
     ensure_datastore(&ground)?;
     let mut operator = start_operator(&ground)?;
     println!("\ntime to Ready (replicas 2 each, all created at once, kwok nodes)");
-    println!("{:>8} {:>10} {:>10} {:>10} {:>10}", "tenants", "all ready", "p50", "p90", "max");
+    println!(
+        "{:>8} {:>10} {:>10} {:>10} {:>10}",
+        "tenants", "all ready", "p50", "p90", "max"
+    );
     for (round, &n) in counts.iter().enumerate() {
         let ns = format!("{NAMESPACE_PREFIX}-{round}-{n}");
         ground.kubectl(&["create", "namespace", &ns]);
@@ -45,7 +52,11 @@ async fn main() -> Result<()> {
         ground.kubectl(&["delete", "namespace", &ns, "--wait=true", "--timeout=300s"]);
         let mut times = result?;
         times.sort();
-        let pct = |p: f64| times[((times.len() as f64 * p).ceil() as usize).saturating_sub(1).min(times.len() - 1)];
+        let pct = |p: f64| {
+            times[((times.len() as f64 * p).ceil() as usize)
+                .saturating_sub(1)
+                .min(times.len() - 1)]
+        };
         println!(
             "{n:>8} {:>9.2}s {:>9.2}s {:>9.2}s {:>9.2}s",
             times.last().unwrap().as_secs_f64(),
@@ -55,7 +66,10 @@ async fn main() -> Result<()> {
         );
     }
     let peak = peak_rss_kib(operator.id())?;
-    println!("\noperator peak RSS (VmHWM): {:.1} MiB", peak as f64 / 1024.0);
+    println!(
+        "\noperator peak RSS (VmHWM): {:.1} MiB",
+        peak as f64 / 1024.0
+    );
     operator.kill().ok();
     operator.wait().ok();
     Ok(())
@@ -81,16 +95,24 @@ async fn time_to_ready(client: &Client, ns: &str, n: usize) -> Result<Vec<Durati
     let deadline = Instant::now() + Duration::from_secs(300);
     while ready.len() < n {
         let next = tokio::time::timeout_at(deadline.into(), watch.next()).await;
-        let Ok(Some(event)) = next else { bail!("only {} of {n} tenants became Ready within 300 s", ready.len()) };
+        let Ok(Some(event)) = next else {
+            bail!(
+                "only {} of {n} tenants became Ready within 300 s",
+                ready.len()
+            )
+        };
         let tcp = event?;
         let is_ready = tcp.status.as_ref().is_some_and(|s| {
-            s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
         });
         if is_ready && !ready.contains_key(&tcp.name_any()) {
             ready.insert(tcp.name_any(), start.elapsed());
         }
     }
-    api.delete_collection(&DeleteParams::default(), &ListParams::default()).await?;
+    api.delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await?;
     Ok(ready.iter().map(|(name, at)| *at - created[name]).collect())
 }
 
@@ -114,7 +136,12 @@ fn pki_cpu_time() -> Result<()> {
     let before = thread_cpu();
     let mut keep = Vec::new();
     for i in 0..runs {
-        keep.push(pki::reconcile_pki(&spec(i), &CurrentPki::default(), &datastore_ca, SystemTime::now())?);
+        keep.push(pki::reconcile_pki(
+            &spec(i),
+            &CurrentPki::default(),
+            &datastore_ca,
+            SystemTime::now(),
+        )?);
     }
     let fresh = (thread_cpu() - before) / runs as u32;
     let before = thread_cpu();
@@ -128,8 +155,15 @@ fn pki_cpu_time() -> Result<()> {
         pki::reconcile_pki(&spec(i), &current, &datastore_ca, SystemTime::now())?;
     }
     let recheck = (thread_cpu() - before) / runs as u32;
-    println!("PKI per tenant (CPU, mean of {runs}): issue all {:.2} ms, re-check unchanged {:.2} ms", ms(fresh), ms(recheck));
-    let _ = KeyPairPem { cert: String::new(), key: String::new() };
+    println!(
+        "PKI per tenant (CPU, mean of {runs}): issue all {:.2} ms, re-check unchanged {:.2} ms",
+        ms(fresh),
+        ms(recheck)
+    );
+    let _ = KeyPairPem {
+        cert: String::new(),
+        key: String::new(),
+    };
     Ok(())
 }
 
@@ -157,10 +191,22 @@ fn ensure_datastore(ground: &Ground) -> Result<()> {
     let dir = ground.var("ORRERY_TENANT_ETCD_DIR");
     let ns = "orrery-bench";
     let _ = ground.run("kubectl", &["create", "namespace", ns]);
-    for (name, cert, key) in [("etcd-ca", "ca.crt", "ca.key"), ("etcd-root", "root.crt", "root.key")] {
+    for (name, cert, key) in [
+        ("etcd-ca", "ca.crt", "ca.key"),
+        ("etcd-root", "root.crt", "root.key"),
+    ] {
         let _ = ground.run(
             "kubectl",
-            &["create", "secret", "tls", name, "-n", ns, &format!("--cert={dir}/{cert}"), &format!("--key={dir}/{key}")],
+            &[
+                "create",
+                "secret",
+                "tls",
+                name,
+                "-n",
+                ns,
+                &format!("--cert={dir}/{cert}"),
+                &format!("--key={dir}/{key}"),
+            ],
         );
     }
     let ds = json!({
@@ -188,7 +234,13 @@ fn start_operator(ground: &Ground) -> Result<Child> {
         bail!("build the operator first: cargo build --release -p orrery");
     }
     let child = Command::new(bin)
-        .args(["controller", "--leader-election=false", "--metrics-addr=127.0.0.1:18080", "--log-format=text"])
+        .args([
+            "controller",
+            "--leader-election=false",
+            "--tenant-access=false",
+            "--metrics-addr=127.0.0.1:18080",
+            "--log-format=text",
+        ])
         .env("KUBECONFIG", ground.kubeconfig())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
