@@ -485,6 +485,9 @@ pub struct ManagedDataStore {
     /// Compute resources of each member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Where the etcd members may run.
+    #[serde(default)]
+    pub scheduling: SchedulingSpec,
 }
 
 fn default_etcd_replicas() -> i32 {

@@ -350,21 +350,24 @@ pub async fn remove_tenant(etcd: &mut EtcdClient, namespace: &str, name: &str) -
 /// Makes sure `root` can authenticate and etcd authentication is on (managed etcd starts with
 /// it off). Idempotent.
 pub async fn ensure_auth_enabled(etcd: &mut EtcdClient) -> Result<()> {
-    match etcd.user_get("root").await {
-        Ok(_) => {}
+    let roles = match etcd.user_get("root").await {
+        Ok(user) => user.roles().to_vec(),
         Err(e) if is_not_found(&e) => {
-            etcd.user_add("root", "", Some(UserAddOptions::new().with_no_pwd()))
-                .await?;
+            etcd.user_add("root", "", Some(UserAddOptions::new().with_no_pwd())).await?;
+            Vec::new()
         }
         Err(e) => return Err(e.into()),
-    }
-    if let Err(e) = etcd.role_get("root").await {
-        if !is_not_found(&e) {
-            return Err(e.into());
+    };
+    if !roles.iter().any(|r| r == "root") {
+        if let Err(e) = etcd.role_get("root").await {
+            if !is_not_found(&e) {
+                return Err(e.into());
+            }
+            etcd.role_add("root").await?;
         }
-        etcd.role_add("root").await?;
+        etcd.user_grant_role("root", "root").await?;
     }
-    etcd.user_grant_role("root", "root").await?;
+    // Enabling authentication twice is a no-op in etcd.
     etcd.auth_enable().await?;
     Ok(())
 }
@@ -502,6 +505,7 @@ pub fn managed_statefulset(
         })
         .collect();
     let pki = "/etc/etcd/pki";
+    let sched = &managed.scheduling;
     let host = format!(
         "$(POD_NAME).{}.{}.svc",
         names.peer_service(),
@@ -569,6 +573,12 @@ pub fn managed_statefulset(
                 spec: Some(PodSpec {
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
+                    node_selector: (!sched.node_selector.is_empty()).then(|| sched.node_selector.clone()),
+                    tolerations: (!sched.tolerations.is_empty()).then(|| sched.tolerations.clone()),
+                    affinity: sched.affinity.clone(),
+                    topology_spread_constraints: (!sched.topology_spread_constraints.is_empty())
+                        .then(|| sched.topology_spread_constraints.clone()),
+                    priority_class_name: sched.priority_class_name.clone(),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         run_as_user: Some(65532),
@@ -733,20 +743,13 @@ fn keep_or_issue(
 async fn apply_managed(ctx: &Context, ds: &DataStore, managed: &ManagedDataStore) -> Result<()> {
     let client = &ctx.client;
     let names = ManagedNames::new(ds, managed);
-    let ns_api = Api::<Namespace>::all(client.clone());
-    if ns_api.get_opt(&names.namespace).await?.is_none() {
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(names.namespace.clone()),
-                labels: Some(BTreeMap::from([(
-                    "pod-security.kubernetes.io/enforce".to_string(),
-                    "restricted".to_string(),
-                )])),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        apply(&ns_api, &ns).await?;
+    // The namespace is the user's to create (with the Pod Security level they want): Orrery
+    // needs no right to create namespaces.
+    if Api::<Namespace>::all(client.clone()).get_opt(&names.namespace).await?.is_none() {
+        return Err(Error::Invalid {
+            field: "spec.managed.namespace".into(),
+            reason: format!("namespace {} does not exist; create it first", names.namespace),
+        });
     }
     let secrets = Api::<Secret>::namespaced(client.clone(), &names.namespace);
     // The CA is generated once and never replaced.
@@ -875,14 +878,23 @@ async fn reconcile(ds: Arc<DataStore>, ctx: Arc<Context>) -> Result<Action> {
             .await?;
     }
 
+    let mut invalid = None;
     if let Some(managed) = &ds.spec.managed
         && ds.meta().deletion_timestamp.is_none()
     {
-        apply_managed(&ctx, &ds, managed).await?;
+        match apply_managed(&ctx, &ds, managed).await {
+            Ok(()) => {}
+            Err(e @ Error::Invalid { .. }) => invalid = Some(e.to_string()),
+            Err(e) => return Err(e),
+        }
     }
 
     // Reachability as root decides Ready.
-    let (ready, reason, message, endpoints) = match connection(client, &ds).await {
+    let connected = match invalid {
+        Some(message) => Err(Error::DataStore(message)),
+        None => connection(client, &ds).await,
+    };
+    let (ready, reason, message, endpoints) = match connected {
         Ok(conn) => {
             let endpoints = conn.endpoints.join(",");
             match ctx.etcd.client(&name, &conn).await {

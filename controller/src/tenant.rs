@@ -270,6 +270,15 @@ pub fn build(tcp: &TenantControlPlane, inputs: &BootstrapInputs) -> Result<Tenan
         o.roles.push(r);
         o.role_bindings.push(b);
     }
+    // `kubeadm join` reads kube-proxy's component config with the bootstrap token.
+    let (r, b) = role_with_binding(
+        "kube-proxy",
+        KUBE_SYSTEM,
+        vec![rule(&[""], &["configmaps"], &["kube-proxy"], &["get"])],
+        vec![group(BOOTSTRAPPERS)],
+    );
+    o.roles.push(r);
+    o.role_bindings.push(b);
     let (r, b) = role_with_binding(
         "kubeadm:bootstrap-signer-clusterinfo",
         KUBE_PUBLIC,

@@ -1,6 +1,7 @@
-// Command mkimage writes container images, made of uncompressed layer tarballs and a config, into
-// one image tarball (the format `docker save` writes and `ctr images import` reads) with
-// go-containerregistry. Images that share layers share them in the tarball too.
+// Command mkimage writes container images, made of layer tarballs and a config, into one image
+// tarball (the format `docker save` writes and `ctr images import` reads) with
+// go-containerregistry. Layers are stored gzipped; images that share a layer share it in the
+// tarball too.
 //
 //	mkimage -o images.tar -layer root.tar [-layer ...] [-user 65532:65532] \
 //	    -image 'registry.k8s.io/etcd:3.6.4-0=etcd' [-image 'ref=entry,point' ...]
@@ -9,6 +10,7 @@
 package main
 
 import (
+	"compress/gzip"
 	"flag"
 	"fmt"
 	"os"
@@ -51,11 +53,12 @@ func run(out, user string, layerFiles, images, env []string) error {
 	base := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
 	var adds []mutate.Addendum
 	for _, f := range layerFiles {
-		layer, err := tarball.LayerFromFile(f, tarball.WithMediaType(types.OCIUncompressedLayer))
+		layer, err := tarball.LayerFromFile(f, tarball.WithMediaType(types.OCILayer),
+			tarball.WithCompressionLevel(gzip.BestSpeed))
 		if err != nil {
 			return fmt.Errorf("layer %s: %w", f, err)
 		}
-		adds = append(adds, mutate.Addendum{Layer: layer, MediaType: types.OCIUncompressedLayer})
+		adds = append(adds, mutate.Addendum{Layer: layer, MediaType: types.OCILayer})
 	}
 	withLayers, err := mutate.Append(base, adds...)
 	if err != nil {

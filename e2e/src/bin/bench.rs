@@ -39,7 +39,7 @@ async fn main() -> Result<()> {
     install_crds(&ground);
     let client = ground.client().await?;
     ensure_datastore(&ground)?;
-    let mut operator = start_operator(&ground)?;
+    let operator = Operator::start(&ground)?;
     println!("\ntime to Ready (replicas 2 each, all created at once, kwok nodes)");
     println!(
         "{:>8} {:>10} {:>10} {:>10} {:>10}",
@@ -65,13 +65,8 @@ async fn main() -> Result<()> {
             times.last().unwrap().as_secs_f64()
         );
     }
-    let peak = peak_rss_kib(operator.id())?;
-    println!(
-        "\noperator peak RSS (VmHWM): {:.1} MiB",
-        peak as f64 / 1024.0
-    );
-    operator.kill().ok();
-    operator.wait().ok();
+    let peak = peak_rss_kib(operator.0.id())?;
+    println!("\noperator peak RSS (VmHWM): {:.1} MiB", peak as f64 / 1024.0);
     Ok(())
 }
 
@@ -86,7 +81,7 @@ async fn time_to_ready(client: &Client, ns: &str, n: usize) -> Result<Vec<Durati
         let name = format!("t{i}");
         let tcp: TenantControlPlane = serde_json::from_value(json!({
             "apiVersion": "orrery.dev/v1alpha1", "kind": "TenantControlPlane",
-            "metadata": {"name": name}, "spec": {"version": "v1.34.4"}
+            "metadata": {"name": name}, "spec": {"version": "v1.34.4", "dataStore": "bench-etcd"}
         }))?;
         api.create(&PostParams::default(), &tcp).await?;
         created.insert(name, start.elapsed());
@@ -186,7 +181,7 @@ fn peak_rss_kib(pid: u32) -> Result<u64> {
         .context("VmHWM in /proc/<pid>/status")
 }
 
-/// The default DataStore: the ground's own etcd with authentication on.
+/// A DataStore on the ground's own etcd (authentication on).
 fn ensure_datastore(ground: &Ground) -> Result<()> {
     let dir = ground.var("ORRERY_TENANT_ETCD_DIR");
     let ns = "orrery-bench";
@@ -211,7 +206,7 @@ fn ensure_datastore(ground: &Ground) -> Result<()> {
     }
     let ds = json!({
         "apiVersion": "orrery.dev/v1alpha1", "kind": "DataStore",
-        "metadata": {"name": "bench-etcd", "annotations": {"orrery.dev/default-datastore": "true"}},
+        "metadata": {"name": "bench-etcd"},
         "spec": {"external": {
             "endpoints": [ground.var("ORRERY_TENANT_ETCD_ENDPOINT")],
             "certificateAuthority": {
@@ -228,23 +223,34 @@ fn ensure_datastore(ground: &Ground) -> Result<()> {
     Ok(())
 }
 
-fn start_operator(ground: &Ground) -> Result<Child> {
-    let bin = repo_root().join("target/release/orrery");
-    if !bin.exists() {
-        bail!("build the operator first: cargo build --release -p orrery");
+/// The operator process; killed when dropped, whatever way the benchmark ends.
+struct Operator(Child);
+
+impl Operator {
+    fn start(ground: &Ground) -> Result<Self> {
+        let bin = repo_root().join("target/release/orrery");
+        if !bin.exists() {
+            bail!("build the operator first: cargo build --release -p orrery");
+        }
+        let child = Command::new(bin)
+            .args(["controller", "--leader-election=false", "--tenant-access=false", "--metrics-addr=127.0.0.1:0"])
+            .args(["--log-format=text"])
+            .env("KUBECONFIG", ground.kubeconfig())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?;
+        let mut operator = Operator(child);
+        std::thread::sleep(Duration::from_secs(1));
+        if let Some(status) = operator.0.try_wait()? {
+            bail!("the operator exited at once: {status}");
+        }
+        Ok(operator)
     }
-    let child = Command::new(bin)
-        .args([
-            "controller",
-            "--leader-election=false",
-            "--tenant-access=false",
-            "--metrics-addr=127.0.0.1:18080",
-            "--log-format=text",
-        ])
-        .env("KUBECONFIG", ground.kubeconfig())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()?;
-    std::thread::sleep(Duration::from_secs(1));
-    Ok(child)
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

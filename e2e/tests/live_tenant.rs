@@ -1,0 +1,273 @@
+//! A live tenant: Orrery installed with its Helm chart runs on the ground's real node, a managed
+//! DataStore's etcd really runs, and a tenant control plane really serves. Checked with real
+//! clients only: kubectl against the tenant, kubeadm's token discovery against its cluster-info,
+//! etcd with the DataStore's root certificate.
+//!
+//! Needs the live tier: `ORRERY_GROUND_LIVE=1 e2e/ground up` (fails, never skips, without it).
+
+use etcd_client::{Certificate, Client as EtcdClient, ConnectOptions, GetOptions, Identity, TlsOptions};
+use k8s_openapi::api::core::v1::{Secret, Service};
+use kube::api::{Api, DeleteParams};
+use orrery::api::{DataStore, TenantControlPlane};
+use orrery_e2e::{Ground, eventually, install_crds, repo_root, unique_name};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const RELEASE_NS: &str = "orrery-live";
+const ETCD_NS: &str = "orrery-live-etcd";
+const DATASTORE: &str = "live";
+const TOKEN_ID: &str = "abcdef";
+const TOKEN_SECRET: &str = "0123456789abcdef";
+
+fn live_ground() -> Ground {
+    let ground = Ground::get().expect("test ground");
+    assert_eq!(
+        ground.env.get("ORRERY_GROUND_LIVE").map(String::as_str),
+        Some("1"),
+        "ground '{}' has no live tier: start it with `ORRERY_GROUND_LIVE=1 e2e/ground up`",
+        ground.var("ORRERY_GROUND")
+    );
+    ground
+}
+
+/// Placement on the ground's real node (kwok's fake nodes run nothing).
+fn live_scheduling() -> serde_json::Value {
+    json!({
+        "nodeSelector": {"orrery.dev/ground-node": "live"},
+        "tolerations": [{"key": "orrery.dev/live", "operator": "Exists", "effect": "NoSchedule"}]
+    })
+}
+
+fn apply_json(ground: &Ground, value: &serde_json::Value) {
+    let file = std::env::temp_dir().join(format!("{}.json", unique_name("live-apply")));
+    std::fs::write(&file, value.to_string()).unwrap();
+    ground.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", file.to_str().unwrap()]);
+}
+
+fn check(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn secret_text(secret: &Secret, key: &str) -> String {
+    String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap()
+}
+
+fn tenant_kubectl(ground: &Ground, kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new(ground.bin("kubectl")).arg("--kubeconfig").arg(kubeconfig).args(args).output().unwrap()
+}
+
+/// `kubeadm join phase preflight` performs token discovery: it fetches `cluster-info`
+/// anonymously, checks the bootstrapsigner's signature for the token and pins the CA by hash,
+/// then reads kubeadm-config and the component configs with the bootstrap token.
+fn kubeadm_discovery(ground: &Ground, endpoint: &str, ca_hash: &str) -> Output {
+    let child = Command::new("timeout")
+        .arg("90")
+        .arg(ground.bin("kubeadm"))
+        .args(["join", "phase", "preflight", endpoint])
+        .args(["--token", &format!("{TOKEN_ID}.{TOKEN_SECRET}")])
+        .args(["--discovery-token-ca-cert-hash", ca_hash])
+        .args(["--ignore-preflight-errors=all", "--node-name=discovery-check", "-v=1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn ca_hash(ca: &Path) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl x509 -pubkey -noout -in {} | openssl pkey -pubin -outform der | sha256sum | cut -d' ' -f1",
+            ca.display()
+        ))
+        .output()
+        .unwrap();
+    format!("sha256:{}", String::from_utf8_lossy(&out.stdout).trim())
+}
+
+async fn etcd_root(client: &kube::Client) -> EtcdClient {
+    let secrets = Api::<Secret>::namespaced(client.clone(), ETCD_NS);
+    let root = secrets.get(&format!("{DATASTORE}-etcd-root-client")).await.unwrap();
+    let service = Api::<Service>::namespaced(client.clone(), ETCD_NS).get(&format!("{DATASTORE}-etcd-client")).await.unwrap();
+    let ip = service.spec.unwrap().cluster_ip.unwrap();
+    let tls = TlsOptions::new()
+        .ca_certificate(Certificate::from_pem(secret_text(&root, "ca.crt")))
+        .identity(Identity::from_pem(secret_text(&root, "tls.crt"), secret_text(&root, "tls.key")))
+        // The Service IP routes through kube-proxy; the certificate names the Service.
+        .domain_name(format!("{DATASTORE}-etcd-client.{ETCD_NS}.svc"));
+    EtcdClient::connect([format!("https://{ip}:2379")], Some(ConnectOptions::new().with_tls(tls))).await.unwrap()
+}
+
+fn workdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(unique_name("orrery-live"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_tenant_serves_real_clients_and_kubeadm_discovery() {
+    let ground = live_ground();
+    install_crds(&ground);
+    let client = ground.client().await.unwrap();
+    let dir = workdir();
+
+    // Orrery itself, from its chart, on the real node.
+    let chart = repo_root().join("charts/orrery");
+    check(
+        ground.run(
+            "helm",
+            &[
+                "upgrade", "--install", "orrery", chart.to_str().unwrap(), "-n", RELEASE_NS, "--create-namespace",
+                "--set", "replicaCount=1", "--set", "image.pullPolicy=Never",
+                "--set", "nodeSelector.orrery\\.dev/ground-node=live",
+                "--set", "tolerations[0].key=orrery.dev/live", "--set", "tolerations[0].operator=Exists",
+                "--set", "tolerations[0].effect=NoSchedule", "--wait", "--timeout=180s",
+            ],
+        ),
+        "helm install",
+    );
+
+    // A managed DataStore: Orrery's own etcd StatefulSet, one member, on the real node.
+    let _ = ground.run("kubectl", &["create", "namespace", ETCD_NS]);
+    ground.kubectl(&["label", "--overwrite", "namespace", ETCD_NS, "pod-security.kubernetes.io/enforce=restricted"]);
+    apply_json(
+        &ground,
+        &json!({
+            "apiVersion": "orrery.dev/v1alpha1", "kind": "DataStore", "metadata": {"name": DATASTORE},
+            "spec": {"managed": {"namespace": ETCD_NS, "replicas": 1, "scheduling": live_scheduling()}}
+        }),
+    );
+    let datastores = Api::<DataStore>::all(client.clone());
+    eventually("the managed DataStore is Ready", Duration::from_secs(240), || async {
+        let ds = datastores.get(DATASTORE).await.ok()?;
+        ds.status?.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True").then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| {
+        let ds = ground.run("kubectl", &["get", "datastore", DATASTORE, "-o", "yaml"]);
+        let pods = ground.run("kubectl", &["get", "pods", "-n", ETCD_NS, "-o", "wide"]);
+        panic!("{e}\n{}\n{}", String::from_utf8_lossy(&ds.stdout), String::from_utf8_lossy(&pods.stdout))
+    });
+
+    // The tenant.
+    let ns = unique_name("live");
+    ground.kubectl(&["create", "namespace", &ns]);
+    ground.kubectl(&["label", "namespace", &ns, "pod-security.kubernetes.io/enforce=restricted"]);
+    apply_json(
+        &ground,
+        &json!({
+            "apiVersion": "orrery.dev/v1alpha1", "kind": "TenantControlPlane",
+            "metadata": {"name": "live", "namespace": ns},
+            "spec": {"version": "v1.34.4", "replicas": 1, "dataStore": DATASTORE,
+                     "controlPlane": {"scheduling": live_scheduling()}}
+        }),
+    );
+    let start = Instant::now();
+    let wait = ground.run("kubectl", &["wait", "-n", &ns, "--for=condition=Ready", "tcp/live", "--timeout=300s"]);
+    if !wait.status.success() {
+        let tcp = ground.run("kubectl", &["get", "tcp", "live", "-n", &ns, "-o", "yaml"]);
+        let pods = ground.run("kubectl", &["get", "pods", "-n", &ns, "-o", "wide"]);
+        let logs = ground.run("kubectl", &["logs", "-n", RELEASE_NS, "deploy/orrery", "--tail=40"]);
+        panic!(
+            "tenant not Ready: {}\n{}\n{}\n{}",
+            String::from_utf8_lossy(&wait.stderr),
+            String::from_utf8_lossy(&tcp.stdout),
+            String::from_utf8_lossy(&pods.stdout),
+            String::from_utf8_lossy(&logs.stdout)
+        );
+    }
+    println!("live tenant: created to Ready in {:.1} s", start.elapsed().as_secs_f64());
+
+    let tcps = Api::<TenantControlPlane>::namespaced(client.clone(), &ns);
+    let tcp = tcps.get("live").await.unwrap();
+    let status = tcp.status.clone().unwrap();
+    for c in ["TenantAPIReady", "TenantBootstrapped", "DataStoreReady", "Ready"] {
+        assert!(status.conditions.iter().any(|x| x.type_ == c && x.status == "True"), "{c} is not True");
+    }
+    let endpoint = status.endpoint.clone().unwrap();
+
+    // Real kubectl with the generated admin kubeconfig.
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+    let admin = secrets.get("live-admin-kubeconfig").await.unwrap();
+    let kubeconfig = dir.join("admin.kubeconfig");
+    std::fs::write(&kubeconfig, secret_text(&admin, "kubeconfig")).unwrap();
+    let readyz = check(tenant_kubectl(&ground, &kubeconfig, &["get", "--raw", "/readyz"]), "tenant /readyz");
+    assert_eq!(readyz.trim(), "ok");
+    check(tenant_kubectl(&ground, &kubeconfig, &["create", "namespace", "hello"]), "create namespace in the tenant");
+    let nss = check(tenant_kubectl(&ground, &kubeconfig, &["get", "namespaces", "-o", "name"]), "list namespaces");
+    assert!(nss.contains("namespace/hello"));
+    // The bootstrap is in place.
+    for (ns_, kind, name) in [
+        ("kube-public", "configmap", "cluster-info"),
+        ("kube-system", "configmap", "kubeadm-config"),
+        ("kube-system", "configmap", "kubelet-config"),
+        ("kube-system", "deployment", "coredns"),
+        ("kube-system", "daemonset", "kube-proxy"),
+        ("kube-system", "daemonset", "konnectivity-agent"),
+    ] {
+        check(tenant_kubectl(&ground, &kubeconfig, &["get", "-n", ns_, kind, name]), &format!("{kind} {name}"));
+    }
+
+    // kubeadm token discovery against cluster-info, signed by the tenant's bootstrapsigner.
+    let token = json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
+        "metadata": {"name": format!("bootstrap-token-{TOKEN_ID}"), "namespace": "kube-system"},
+        "stringData": {
+            "token-id": TOKEN_ID, "token-secret": TOKEN_SECRET,
+            "usage-bootstrap-authentication": "true", "usage-bootstrap-signing": "true",
+            "auth-extra-groups": "system:bootstrappers:kubeadm:default-node-token"
+        }
+    });
+    let token_file = dir.join("token.json");
+    std::fs::write(&token_file, token.to_string()).unwrap();
+    check(tenant_kubectl(&ground, &kubeconfig, &["apply", "-f", token_file.to_str().unwrap()]), "bootstrap token");
+    eventually("cluster-info signed for the token", Duration::from_secs(60), || async {
+        let out = tenant_kubectl(&ground, &kubeconfig, &["get", "cm", "cluster-info", "-n", "kube-public", "-o", "json"]);
+        String::from_utf8_lossy(&out.stdout).contains(&format!("jws-kubeconfig-{TOKEN_ID}")).then_some(())
+    })
+    .await
+    .unwrap();
+    let certs = secrets.get("live-certs").await.unwrap();
+    let ca = dir.join("ca.crt");
+    std::fs::write(&ca, secret_text(&certs, "ca.crt")).unwrap();
+    let good = kubeadm_discovery(&ground, &endpoint, &ca_hash(&ca));
+    check(good, "kubeadm discovery with the right CA hash");
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let bad = kubeadm_discovery(&ground, &endpoint, &wrong);
+    assert!(!bad.status.success(), "kubeadm discovery must fail with a wrong CA hash");
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(said.contains("none of the public keys"), "unexpected kubeadm error: {said}");
+
+    // The tenant's data lives in the managed etcd under its own prefix.
+    let mut etcd = etcd_root(&client).await;
+    let prefix = format!("/orrery/{ns}/live/");
+    let keys = etcd.get(prefix.clone(), Some(GetOptions::new().with_prefix().with_count_only())).await.unwrap();
+    assert!(keys.count() > 10, "the tenant apiserver stores under {prefix}");
+    let ns_key = format!("/orrery/{ns}/live/namespaces/hello");
+    assert_eq!(etcd.get(ns_key, None).await.unwrap().count(), 1);
+
+    // Delete: the tenant's keys go, the DataStore stays.
+    tcps.delete("live", &DeleteParams::default()).await.unwrap();
+    eventually("tenant deleted", Duration::from_secs(120), || async { tcps.get_opt("live").await.ok()?.is_none().then_some(()) })
+        .await
+        .unwrap();
+    let left = etcd.get(prefix, Some(GetOptions::new().with_prefix().with_count_only())).await.unwrap();
+    assert_eq!(left.count(), 0);
+
+    ground.kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+    datastores.delete(DATASTORE, &DeleteParams::default()).await.unwrap();
+    eventually("DataStore deleted", Duration::from_secs(60), || async { datastores.get_opt(DATASTORE).await.ok()?.is_none().then_some(()) })
+        .await
+        .unwrap();
+    check(ground.run("helm", &["uninstall", "orrery", "-n", RELEASE_NS, "--wait"]), "helm uninstall");
+    ground.kubectl(&["delete", "namespace", RELEASE_NS, ETCD_NS, "--wait=false"]);
+}
