@@ -353,7 +353,8 @@ pub async fn ensure_auth_enabled(etcd: &mut EtcdClient) -> Result<()> {
     let roles = match etcd.user_get("root").await {
         Ok(user) => user.roles().to_vec(),
         Err(e) if is_not_found(&e) => {
-            etcd.user_add("root", "", Some(UserAddOptions::new().with_no_pwd())).await?;
+            etcd.user_add("root", "", Some(UserAddOptions::new().with_no_pwd()))
+                .await?;
             Vec::new()
         }
         Err(e) => return Err(e.into()),
@@ -573,7 +574,8 @@ pub fn managed_statefulset(
                 spec: Some(PodSpec {
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    node_selector: (!sched.node_selector.is_empty()).then(|| sched.node_selector.clone()),
+                    node_selector: (!sched.node_selector.is_empty())
+                        .then(|| sched.node_selector.clone()),
                     tolerations: (!sched.tolerations.is_empty()).then(|| sched.tolerations.clone()),
                     affinity: sched.affinity.clone(),
                     topology_spread_constraints: (!sched.topology_spread_constraints.is_empty())
@@ -745,10 +747,17 @@ async fn apply_managed(ctx: &Context, ds: &DataStore, managed: &ManagedDataStore
     let names = ManagedNames::new(ds, managed);
     // The namespace is the user's to create (with the Pod Security level they want): Orrery
     // needs no right to create namespaces.
-    if Api::<Namespace>::all(client.clone()).get_opt(&names.namespace).await?.is_none() {
+    if Api::<Namespace>::all(client.clone())
+        .get_opt(&names.namespace)
+        .await?
+        .is_none()
+    {
         return Err(Error::Invalid {
             field: "spec.managed.namespace".into(),
-            reason: format!("namespace {} does not exist; create it first", names.namespace),
+            reason: format!(
+                "namespace {} does not exist; create it first",
+                names.namespace
+            ),
         });
     }
     let secrets = Api::<Secret>::namespaced(client.clone(), &names.namespace);

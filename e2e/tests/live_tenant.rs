@@ -5,7 +5,9 @@
 //!
 //! Needs the live tier: `ORRERY_GROUND_LIVE=1 e2e/ground up` (fails, never skips, without it).
 
-use etcd_client::{Certificate, Client as EtcdClient, ConnectOptions, GetOptions, Identity, TlsOptions};
+use etcd_client::{
+    Certificate, Client as EtcdClient, ConnectOptions, GetOptions, Identity, TlsOptions,
+};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::{Api, DeleteParams};
 use orrery::api::{DataStore, TenantControlPlane};
@@ -15,9 +17,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-const RELEASE_NS: &str = "orrery-live";
-const ETCD_NS: &str = "orrery-live-etcd";
-const DATASTORE: &str = "live";
 const TOKEN_ID: &str = "abcdef";
 const TOKEN_SECRET: &str = "0123456789abcdef";
 
@@ -43,7 +42,13 @@ fn live_scheduling() -> serde_json::Value {
 fn apply_json(ground: &Ground, value: &serde_json::Value) {
     let file = std::env::temp_dir().join(format!("{}.json", unique_name("live-apply")));
     std::fs::write(&file, value.to_string()).unwrap();
-    ground.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", file.to_str().unwrap()]);
+    ground.kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
 }
 
 fn check(out: Output, what: &str) -> String {
@@ -61,7 +66,12 @@ fn secret_text(secret: &Secret, key: &str) -> String {
 }
 
 fn tenant_kubectl(ground: &Ground, kubeconfig: &Path, args: &[&str]) -> Output {
-    Command::new(ground.bin("kubectl")).arg("--kubeconfig").arg(kubeconfig).args(args).output().unwrap()
+    Command::new(ground.bin("kubectl"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 /// `kubeadm join phase preflight` performs token discovery: it fetches `cluster-info`
@@ -74,7 +84,11 @@ fn kubeadm_discovery(ground: &Ground, endpoint: &str, ca_hash: &str) -> Output {
         .args(["join", "phase", "preflight", endpoint])
         .args(["--token", &format!("{TOKEN_ID}.{TOKEN_SECRET}")])
         .args(["--discovery-token-ca-cert-hash", ca_hash])
-        .args(["--ignore-preflight-errors=all", "--node-name=discovery-check", "-v=1"])
+        .args([
+            "--ignore-preflight-errors=all",
+            "--node-name=discovery-check",
+            "-v=1",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -94,17 +108,31 @@ fn ca_hash(ca: &Path) -> String {
     format!("sha256:{}", String::from_utf8_lossy(&out.stdout).trim())
 }
 
-async fn etcd_root(client: &kube::Client) -> EtcdClient {
-    let secrets = Api::<Secret>::namespaced(client.clone(), ETCD_NS);
-    let root = secrets.get(&format!("{DATASTORE}-etcd-root-client")).await.unwrap();
-    let service = Api::<Service>::namespaced(client.clone(), ETCD_NS).get(&format!("{DATASTORE}-etcd-client")).await.unwrap();
+async fn etcd_root(client: &kube::Client, etcd_ns: &str, datastore: &str) -> EtcdClient {
+    let secrets = Api::<Secret>::namespaced(client.clone(), etcd_ns);
+    let root = secrets
+        .get(&format!("{datastore}-etcd-root-client"))
+        .await
+        .unwrap();
+    let service = Api::<Service>::namespaced(client.clone(), etcd_ns)
+        .get(&format!("{datastore}-etcd-client"))
+        .await
+        .unwrap();
     let ip = service.spec.unwrap().cluster_ip.unwrap();
     let tls = TlsOptions::new()
         .ca_certificate(Certificate::from_pem(secret_text(&root, "ca.crt")))
-        .identity(Identity::from_pem(secret_text(&root, "tls.crt"), secret_text(&root, "tls.key")))
+        .identity(Identity::from_pem(
+            secret_text(&root, "tls.crt"),
+            secret_text(&root, "tls.key"),
+        ))
         // The Service IP routes through kube-proxy; the certificate names the Service.
-        .domain_name(format!("{DATASTORE}-etcd-client.{ETCD_NS}.svc"));
-    EtcdClient::connect([format!("https://{ip}:2379")], Some(ConnectOptions::new().with_tls(tls))).await.unwrap()
+        .domain_name(format!("{datastore}-etcd-client.{etcd_ns}.svc"));
+    EtcdClient::connect(
+        [format!("https://{ip}:2379")],
+        Some(ConnectOptions::new().with_tls(tls)),
+    )
+    .await
+    .unwrap()
 }
 
 fn workdir() -> PathBuf {
@@ -119,6 +147,11 @@ async fn a_live_tenant_serves_real_clients_and_kubeadm_discovery() {
     install_crds(&ground);
     let client = ground.client().await.unwrap();
     let dir = workdir();
+    let release_ns = unique_name("orrery-live");
+    let etcd_ns = unique_name("orrery-etcd");
+    let datastore = unique_name("live");
+    let (release_ns, etcd_ns, datastore) =
+        (release_ns.as_str(), etcd_ns.as_str(), datastore.as_str());
 
     // Orrery itself, from its chart, on the real node.
     let chart = repo_root().join("charts/orrery");
@@ -126,57 +159,109 @@ async fn a_live_tenant_serves_real_clients_and_kubeadm_discovery() {
         ground.run(
             "helm",
             &[
-                "upgrade", "--install", "orrery", chart.to_str().unwrap(), "-n", RELEASE_NS, "--create-namespace",
-                "--set", "replicaCount=1", "--set", "image.pullPolicy=Never",
-                "--set", "nodeSelector.orrery\\.dev/ground-node=live",
-                "--set", "tolerations[0].key=orrery.dev/live", "--set", "tolerations[0].operator=Exists",
-                "--set", "tolerations[0].effect=NoSchedule", "--wait", "--timeout=180s",
+                "upgrade",
+                "--install",
+                "orrery",
+                chart.to_str().unwrap(),
+                "-n",
+                release_ns,
+                "--create-namespace",
+                "--set",
+                "replicaCount=1",
+                "--set",
+                "image.pullPolicy=Never",
+                "--set",
+                "nodeSelector.orrery\\.dev/ground-node=live",
+                "--set",
+                "tolerations[0].key=orrery.dev/live",
+                "--set",
+                "tolerations[0].operator=Exists",
+                "--set",
+                "tolerations[0].effect=NoSchedule",
+                "--wait",
+                "--timeout=180s",
             ],
         ),
         "helm install",
     );
 
     // A managed DataStore: Orrery's own etcd StatefulSet, one member, on the real node.
-    let _ = ground.run("kubectl", &["create", "namespace", ETCD_NS]);
-    ground.kubectl(&["label", "--overwrite", "namespace", ETCD_NS, "pod-security.kubernetes.io/enforce=restricted"]);
+    let _ = ground.run("kubectl", &["create", "namespace", etcd_ns]);
+    ground.kubectl(&[
+        "label",
+        "--overwrite",
+        "namespace",
+        etcd_ns,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]);
     apply_json(
         &ground,
         &json!({
-            "apiVersion": "orrery.dev/v1alpha1", "kind": "DataStore", "metadata": {"name": DATASTORE},
-            "spec": {"managed": {"namespace": ETCD_NS, "replicas": 1, "scheduling": live_scheduling()}}
+            "apiVersion": "orrery.dev/v1alpha1", "kind": "DataStore", "metadata": {"name": datastore},
+            "spec": {"managed": {"namespace": etcd_ns, "replicas": 1, "scheduling": live_scheduling()}}
         }),
     );
     let datastores = Api::<DataStore>::all(client.clone());
-    eventually("the managed DataStore is Ready", Duration::from_secs(240), || async {
-        let ds = datastores.get(DATASTORE).await.ok()?;
-        ds.status?.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True").then_some(())
-    })
+    eventually(
+        "the managed DataStore is Ready",
+        Duration::from_secs(240),
+        || async {
+            let ds = datastores.get(datastore).await.ok()?;
+            ds.status?
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .then_some(())
+        },
+    )
     .await
     .unwrap_or_else(|e| {
-        let ds = ground.run("kubectl", &["get", "datastore", DATASTORE, "-o", "yaml"]);
-        let pods = ground.run("kubectl", &["get", "pods", "-n", ETCD_NS, "-o", "wide"]);
-        panic!("{e}\n{}\n{}", String::from_utf8_lossy(&ds.stdout), String::from_utf8_lossy(&pods.stdout))
+        let ds = ground.run("kubectl", &["get", "datastore", datastore, "-o", "yaml"]);
+        let pods = ground.run("kubectl", &["get", "pods", "-n", etcd_ns, "-o", "wide"]);
+        panic!(
+            "{e}\n{}\n{}",
+            String::from_utf8_lossy(&ds.stdout),
+            String::from_utf8_lossy(&pods.stdout)
+        )
     });
 
     // The tenant.
     let ns = unique_name("live");
     ground.kubectl(&["create", "namespace", &ns]);
-    ground.kubectl(&["label", "namespace", &ns, "pod-security.kubernetes.io/enforce=restricted"]);
+    ground.kubectl(&[
+        "label",
+        "namespace",
+        &ns,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]);
     apply_json(
         &ground,
         &json!({
             "apiVersion": "orrery.dev/v1alpha1", "kind": "TenantControlPlane",
             "metadata": {"name": "live", "namespace": ns},
-            "spec": {"version": "v1.34.4", "replicas": 1, "dataStore": DATASTORE,
+            "spec": {"version": "v1.34.4", "replicas": 1, "dataStore": datastore,
                      "controlPlane": {"scheduling": live_scheduling()}}
         }),
     );
     let start = Instant::now();
-    let wait = ground.run("kubectl", &["wait", "-n", &ns, "--for=condition=Ready", "tcp/live", "--timeout=300s"]);
+    let wait = ground.run(
+        "kubectl",
+        &[
+            "wait",
+            "-n",
+            &ns,
+            "--for=condition=Ready",
+            "tcp/live",
+            "--timeout=300s",
+        ],
+    );
     if !wait.status.success() {
         let tcp = ground.run("kubectl", &["get", "tcp", "live", "-n", &ns, "-o", "yaml"]);
         let pods = ground.run("kubectl", &["get", "pods", "-n", &ns, "-o", "wide"]);
-        let logs = ground.run("kubectl", &["logs", "-n", RELEASE_NS, "deploy/orrery", "--tail=40"]);
+        let logs = ground.run(
+            "kubectl",
+            &["logs", "-n", release_ns, "deploy/orrery", "--tail=40"],
+        );
         panic!(
             "tenant not Ready: {}\n{}\n{}\n{}",
             String::from_utf8_lossy(&wait.stderr),
@@ -185,13 +270,28 @@ async fn a_live_tenant_serves_real_clients_and_kubeadm_discovery() {
             String::from_utf8_lossy(&logs.stdout)
         );
     }
-    println!("live tenant: created to Ready in {:.1} s", start.elapsed().as_secs_f64());
+    println!(
+        "live tenant: created to Ready in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    print_memory(&ground, &ns);
 
     let tcps = Api::<TenantControlPlane>::namespaced(client.clone(), &ns);
     let tcp = tcps.get("live").await.unwrap();
     let status = tcp.status.clone().unwrap();
-    for c in ["TenantAPIReady", "TenantBootstrapped", "DataStoreReady", "Ready"] {
-        assert!(status.conditions.iter().any(|x| x.type_ == c && x.status == "True"), "{c} is not True");
+    for c in [
+        "TenantAPIReady",
+        "TenantBootstrapped",
+        "DataStoreReady",
+        "Ready",
+    ] {
+        assert!(
+            status
+                .conditions
+                .iter()
+                .any(|x| x.type_ == c && x.status == "True"),
+            "{c} is not True"
+        );
     }
     let endpoint = status.endpoint.clone().unwrap();
 
@@ -200,10 +300,19 @@ async fn a_live_tenant_serves_real_clients_and_kubeadm_discovery() {
     let admin = secrets.get("live-admin-kubeconfig").await.unwrap();
     let kubeconfig = dir.join("admin.kubeconfig");
     std::fs::write(&kubeconfig, secret_text(&admin, "kubeconfig")).unwrap();
-    let readyz = check(tenant_kubectl(&ground, &kubeconfig, &["get", "--raw", "/readyz"]), "tenant /readyz");
+    let readyz = check(
+        tenant_kubectl(&ground, &kubeconfig, &["get", "--raw", "/readyz"]),
+        "tenant /readyz",
+    );
     assert_eq!(readyz.trim(), "ok");
-    check(tenant_kubectl(&ground, &kubeconfig, &["create", "namespace", "hello"]), "create namespace in the tenant");
-    let nss = check(tenant_kubectl(&ground, &kubeconfig, &["get", "namespaces", "-o", "name"]), "list namespaces");
+    check(
+        tenant_kubectl(&ground, &kubeconfig, &["create", "namespace", "hello"]),
+        "create namespace in the tenant",
+    );
+    let nss = check(
+        tenant_kubectl(&ground, &kubeconfig, &["get", "namespaces", "-o", "name"]),
+        "list namespaces",
+    );
     assert!(nss.contains("namespace/hello"));
     // The bootstrap is in place.
     for (ns_, kind, name) in [
@@ -214,7 +323,10 @@ async fn a_live_tenant_serves_real_clients_and_kubeadm_discovery() {
         ("kube-system", "daemonset", "kube-proxy"),
         ("kube-system", "daemonset", "konnectivity-agent"),
     ] {
-        check(tenant_kubectl(&ground, &kubeconfig, &["get", "-n", ns_, kind, name]), &format!("{kind} {name}"));
+        check(
+            tenant_kubectl(&ground, &kubeconfig, &["get", "-n", ns_, kind, name]),
+            &format!("{kind} {name}"),
+        );
     }
 
     // kubeadm token discovery against cluster-info, signed by the tenant's bootstrapsigner.
@@ -229,11 +341,36 @@ async fn a_live_tenant_serves_real_clients_and_kubeadm_discovery() {
     });
     let token_file = dir.join("token.json");
     std::fs::write(&token_file, token.to_string()).unwrap();
-    check(tenant_kubectl(&ground, &kubeconfig, &["apply", "-f", token_file.to_str().unwrap()]), "bootstrap token");
-    eventually("cluster-info signed for the token", Duration::from_secs(60), || async {
-        let out = tenant_kubectl(&ground, &kubeconfig, &["get", "cm", "cluster-info", "-n", "kube-public", "-o", "json"]);
-        String::from_utf8_lossy(&out.stdout).contains(&format!("jws-kubeconfig-{TOKEN_ID}")).then_some(())
-    })
+    check(
+        tenant_kubectl(
+            &ground,
+            &kubeconfig,
+            &["apply", "-f", token_file.to_str().unwrap()],
+        ),
+        "bootstrap token",
+    );
+    eventually(
+        "cluster-info signed for the token",
+        Duration::from_secs(60),
+        || async {
+            let out = tenant_kubectl(
+                &ground,
+                &kubeconfig,
+                &[
+                    "get",
+                    "cm",
+                    "cluster-info",
+                    "-n",
+                    "kube-public",
+                    "-o",
+                    "json",
+                ],
+            );
+            String::from_utf8_lossy(&out.stdout)
+                .contains(&format!("jws-kubeconfig-{TOKEN_ID}"))
+                .then_some(())
+        },
+    )
     .await
     .unwrap();
     let certs = secrets.get("live-certs").await.unwrap();
@@ -243,31 +380,115 @@ async fn a_live_tenant_serves_real_clients_and_kubeadm_discovery() {
     check(good, "kubeadm discovery with the right CA hash");
     let wrong = format!("sha256:{}", "0".repeat(64));
     let bad = kubeadm_discovery(&ground, &endpoint, &wrong);
-    assert!(!bad.status.success(), "kubeadm discovery must fail with a wrong CA hash");
+    assert!(
+        !bad.status.success(),
+        "kubeadm discovery must fail with a wrong CA hash"
+    );
     let said = String::from_utf8_lossy(&bad.stderr);
-    assert!(said.contains("none of the public keys"), "unexpected kubeadm error: {said}");
+    assert!(
+        said.contains("none of the public keys"),
+        "unexpected kubeadm error: {said}"
+    );
 
     // The tenant's data lives in the managed etcd under its own prefix.
-    let mut etcd = etcd_root(&client).await;
+    let mut etcd = etcd_root(&client, etcd_ns, datastore).await;
     let prefix = format!("/orrery/{ns}/live/");
-    let keys = etcd.get(prefix.clone(), Some(GetOptions::new().with_prefix().with_count_only())).await.unwrap();
-    assert!(keys.count() > 10, "the tenant apiserver stores under {prefix}");
+    let keys = etcd
+        .get(
+            prefix.clone(),
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .unwrap();
+    assert!(
+        keys.count() > 10,
+        "the tenant apiserver stores under {prefix}"
+    );
     let ns_key = format!("/orrery/{ns}/live/namespaces/hello");
     assert_eq!(etcd.get(ns_key, None).await.unwrap().count(), 1);
 
     // Delete: the tenant's keys go, the DataStore stays.
     tcps.delete("live", &DeleteParams::default()).await.unwrap();
-    eventually("tenant deleted", Duration::from_secs(120), || async { tcps.get_opt("live").await.ok()?.is_none().then_some(()) })
+    eventually("tenant deleted", Duration::from_secs(120), || async {
+        tcps.get_opt("live").await.ok()?.is_none().then_some(())
+    })
+    .await
+    .unwrap();
+    let left = etcd
+        .get(
+            prefix,
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
         .await
         .unwrap();
-    let left = etcd.get(prefix, Some(GetOptions::new().with_prefix().with_count_only())).await.unwrap();
     assert_eq!(left.count(), 0);
 
     ground.kubectl(&["delete", "namespace", &ns, "--wait=false"]);
-    datastores.delete(DATASTORE, &DeleteParams::default()).await.unwrap();
-    eventually("DataStore deleted", Duration::from_secs(60), || async { datastores.get_opt(DATASTORE).await.ok()?.is_none().then_some(()) })
+    datastores
+        .delete(datastore, &DeleteParams::default())
         .await
         .unwrap();
-    check(ground.run("helm", &["uninstall", "orrery", "-n", RELEASE_NS, "--wait"]), "helm uninstall");
-    ground.kubectl(&["delete", "namespace", RELEASE_NS, ETCD_NS, "--wait=false"]);
+    eventually("DataStore deleted", Duration::from_secs(60), || async {
+        datastores
+            .get_opt(datastore)
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    check(
+        ground.run("helm", &["uninstall", "orrery", "-n", release_ns, "--wait"]),
+        "helm uninstall",
+    );
+    ground.kubectl(&["delete", "namespace", release_ns, etcd_ns, "--wait=false"]);
+}
+
+/// Prints the resident memory of the tenant's control-plane pod, from its memory cgroup
+/// (information for the benchmark figures; nothing is asserted).
+fn print_memory(ground: &Ground, ns: &str) {
+    std::thread::sleep(Duration::from_secs(10));
+    let uid = ground.kubectl(&[
+        "get",
+        "pods",
+        "-n",
+        ns,
+        "-l",
+        "orrery.dev/tenant=live",
+        "-o",
+        "jsonpath={.items[0].metadata.uid}",
+    ]);
+    let find = Command::new("find")
+        .args([
+            "/sys/fs/cgroup/memory",
+            "-maxdepth",
+            "8",
+            "-type",
+            "d",
+            "-name",
+        ])
+        .arg(format!("pod{}", uid.trim()))
+        .output()
+        .unwrap();
+    let Some(dir) = String::from_utf8_lossy(&find.stdout)
+        .lines()
+        .next()
+        .map(PathBuf::from)
+    else {
+        println!("live tenant: no memory cgroup found for pod {uid}");
+        return;
+    };
+    let stat = std::fs::read_to_string(dir.join("memory.stat")).unwrap_or_default();
+    let field = |name: &str| {
+        stat.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            .unwrap_or(0) as f64
+            / 1048576.0
+    };
+    println!(
+        "live tenant: idle control-plane pod memory: rss {:.0} MiB, rss+cache {:.0} MiB",
+        field("total_rss "),
+        field("total_rss ") + field("total_cache ")
+    );
 }

@@ -66,7 +66,10 @@ async fn main() -> Result<()> {
         );
     }
     let peak = peak_rss_kib(operator.0.id())?;
-    println!("\noperator peak RSS (VmHWM): {:.1} MiB", peak as f64 / 1024.0);
+    println!(
+        "\noperator peak RSS (VmHWM): {:.1} MiB",
+        peak as f64 / 1024.0
+    );
     Ok(())
 }
 
@@ -233,7 +236,12 @@ impl Operator {
             bail!("build the operator first: cargo build --release -p orrery");
         }
         let child = Command::new(bin)
-            .args(["controller", "--leader-election=false", "--tenant-access=false", "--metrics-addr=127.0.0.1:0"])
+            .args([
+                "controller",
+                "--leader-election=false",
+                "--tenant-access=false",
+                "--metrics-addr=127.0.0.1:0",
+            ])
             .args(["--log-format=text"])
             .env("KUBECONFIG", ground.kubeconfig())
             .env("RUST_LOG", "warn")
