@@ -158,6 +158,9 @@ impl Ground {
 /// `e2e/ground` with extra environment.
 pub fn ground_command(vars: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(repo_root().join("e2e/ground"));
+    // A ground is live only when asked for explicitly; the live ground's own `env` output must
+    // not turn a second ground live.
+    cmd.env_remove("ORRERY_GROUND_LIVE");
     for (k, v) in vars {
         cmd.env(k, v);
     }
