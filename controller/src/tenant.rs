@@ -4,7 +4,6 @@
 
 use crate::api::TenantControlPlane;
 use crate::apply::apply;
-use crate::controlplane::KONNECTIVITY_AGENT_PORT;
 use crate::{Error, Result};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
@@ -707,7 +706,6 @@ fn konnectivity_agent(o: &mut TenantObjects, image: &str, endpoint: &str, port: 
         }),
         ..Default::default()
     });
-    let _ = KONNECTIVITY_AGENT_PORT;
 }
 
 /// Applies every object to the tenant cluster (server-side apply; drift is undone on the next

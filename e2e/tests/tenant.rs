@@ -9,7 +9,7 @@ use etcd_client::{
     Certificate, Client as EtcdClient, ConnectOptions, GetOptions, Identity, TlsOptions,
 };
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::Reporter;
@@ -1062,5 +1062,4 @@ async fn every_example_applies_and_its_tenants_become_ready() {
             examples.join(f).to_str().unwrap(),
         ]);
     }
-    let _ = Namespace::default();
 }

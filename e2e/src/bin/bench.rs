@@ -12,7 +12,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use orrery::api::TenantControlPlane;
-use orrery::pki::{self, CurrentPki, KeyPairPem, TenantPkiSpec};
+use orrery::pki::{self, CurrentPki, TenantPkiSpec};
 use orrery_e2e::{Ground, install_crds, repo_root};
 use serde_json::json;
 use std::collections::HashMap;
@@ -158,10 +158,6 @@ fn pki_cpu_time() -> Result<()> {
         ms(fresh),
         ms(recheck)
     );
-    let _ = KeyPairPem {
-        cert: String::new(),
-        key: String::new(),
-    };
     Ok(())
 }
 
