@@ -1,9 +1,9 @@
 //! The bad-input table: every rule of the CRDs, checked against the real apiserver of the test
 //! ground. Each bad object must be refused with a message that names the field.
 
+use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
-use kube::Client;
 use orrery::api::{DataStore, TenantControlPlane};
 use orrery_e2e::{Ground, install_crds, unique_name};
 use serde_json::{Value, json};
