@@ -8,14 +8,14 @@
 use crate::api::{ComponentSpec, TenantControlPlane};
 use crate::apply::{TENANT_LABEL, child_labels, owner_reference};
 use crate::context::Settings;
+use crate::podspec::{field_env, restricted_container, restricted_pod};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodAffinityTerm,
-    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource,
-    ResourceRequirements, SeccompProfile, SecretProjection, SecurityContext, Service, ServicePort,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    HTTPGetAction, KeyToPath, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Probe,
+    ProjectedVolumeSource, ResourceRequirements, SecretProjection, Service, ServicePort,
     ServiceSpec, Volume, VolumeMount, VolumeProjection, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
@@ -33,8 +33,6 @@ const KONNECTIVITY_ADMIN_PORT: i32 = 8133;
 const KONNECTIVITY_HEALTH_PORT: i32 = 8134;
 const CONTROLLER_MANAGER_PORT: i32 = 10257;
 const SCHEDULER_PORT: i32 = 10259;
-/// The user every control-plane container runs as.
-const RUN_AS: i64 = 65532;
 
 const PKI_DIR: &str = "/etc/kubernetes/pki";
 const KUBECONFIG_DIR: &str = "/etc/kubernetes/kubeconfigs";
@@ -259,25 +257,6 @@ fn https_probe(path: &str, port: i32, period: i32, failures: i32) -> Probe {
     }
 }
 
-fn restricted() -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            ..Default::default()
-        }),
-        read_only_root_filesystem: Some(true),
-        run_as_non_root: Some(true),
-        run_as_user: Some(RUN_AS),
-        run_as_group: Some(RUN_AS),
-        seccomp_profile: Some(SeccompProfile {
-            type_: "RuntimeDefault".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 fn resources(spec: &ComponentSpec, cpu: &str, memory: &str) -> ResourceRequirements {
     spec.resources
         .clone()
@@ -431,17 +410,7 @@ pub fn deployment(tcp: &TenantControlPlane, inputs: &DeploymentInputs) -> Deploy
         image: Some(inputs.images.api_server.clone()),
         command: Some(vec!["kube-apiserver".into()]),
         args: Some(args(apiserver_args, &cp.api_server.extra_args)),
-        env: Some(vec![EnvVar {
-            name: "POD_IP".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "status.podIP".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }]),
+        env: Some(vec![field_env("POD_IP", "status.podIP")]),
         ports: Some(vec![ContainerPort {
             name: Some("kube-apiserver".into()),
             container_port: port,
@@ -452,7 +421,7 @@ pub fn deployment(tcp: &TenantControlPlane, inputs: &DeploymentInputs) -> Deploy
         liveness_probe: Some(https_probe("/livez", port, 10, 6)),
         readiness_probe: Some(https_probe("/readyz", port, 2, 3)),
         resources: Some(resources(&cp.api_server, "100m", "256Mi")),
-        security_context: Some(restricted()),
+        security_context: Some(restricted_container()),
         volume_mounts: Some(apiserver_mounts),
         ..Default::default()
     };
@@ -493,7 +462,7 @@ pub fn deployment(tcp: &TenantControlPlane, inputs: &DeploymentInputs) -> Deploy
         startup_probe: Some(https_probe("/healthz", CONTROLLER_MANAGER_PORT, 2, 60)),
         liveness_probe: Some(https_probe("/healthz", CONTROLLER_MANAGER_PORT, 10, 6)),
         resources: Some(resources(&cp.controller_manager, "50m", "64Mi")),
-        security_context: Some(restricted()),
+        security_context: Some(restricted_container()),
         volume_mounts: Some(vec![
             mount("controller-manager-pki", PKI_DIR),
             mount("controller-manager-kubeconfig", KUBECONFIG_DIR),
@@ -519,7 +488,7 @@ pub fn deployment(tcp: &TenantControlPlane, inputs: &DeploymentInputs) -> Deploy
         startup_probe: Some(https_probe("/healthz", SCHEDULER_PORT, 2, 60)),
         liveness_probe: Some(https_probe("/healthz", SCHEDULER_PORT, 10, 6)),
         resources: Some(resources(&cp.scheduler, "20m", "32Mi")),
-        security_context: Some(restricted()),
+        security_context: Some(restricted_container()),
         volume_mounts: Some(vec![mount("scheduler-kubeconfig", KUBECONFIG_DIR)]),
         ..Default::default()
     };
@@ -630,7 +599,7 @@ pub fn deployment(tcp: &TenantControlPlane, inputs: &DeploymentInputs) -> Deploy
                 ..Default::default()
             }),
             resources: Some(resources(&cp.konnectivity_server, "20m", "32Mi")),
-            security_context: Some(restricted()),
+            security_context: Some(restricted_container()),
             volume_mounts: Some(vec![
                 mount("konnectivity-pki", PKI_DIR),
                 mount("konnectivity-kubeconfig", KUBECONFIG_DIR),
@@ -730,17 +699,7 @@ pub fn deployment(tcp: &TenantControlPlane, inputs: &DeploymentInputs) -> Deploy
                     enable_service_links: Some(false),
                     containers,
                     volumes: Some(volumes),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(RUN_AS),
-                        run_as_group: Some(RUN_AS),
-                        fs_group: Some(RUN_AS),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
+                    security_context: Some(restricted_pod()),
                     node_selector: (!sched.node_selector.is_empty())
                         .then(|| sched.node_selector.clone()),
                     tolerations: (!sched.tolerations.is_empty()).then(|| sched.tolerations.clone()),

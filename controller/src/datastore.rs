@@ -12,6 +12,7 @@ use crate::apply::{DATASTORE_LABEL, apply, child_labels, owner_reference};
 use crate::conditions;
 use crate::context::Context;
 use crate::pki::{self, CertProfile, CertUsage, KeyPairPem};
+use crate::podspec::{field_env, restricted_container, restricted_pod};
 use crate::{Error, Result};
 use etcd_client::{
     Certificate, Client as EtcdClient, ConnectOptions, DeleteOptions, Identity, Permission,
@@ -21,10 +22,9 @@ use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Namespace,
-    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
-    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Container, ContainerPort, HTTPGetAction, Namespace, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Secret,
+    SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -581,33 +581,13 @@ pub fn managed_statefulset(
                     topology_spread_constraints: (!sched.topology_spread_constraints.is_empty())
                         .then(|| sched.topology_spread_constraints.clone()),
                     priority_class_name: sched.priority_class_name.clone(),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(65532),
-                        run_as_group: Some(65532),
-                        fs_group: Some(65532),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
+                    security_context: Some(restricted_pod()),
                     containers: vec![Container {
                         name: "etcd".into(),
                         image: Some(image),
                         command: Some(vec!["etcd".into()]),
                         args: Some(args),
-                        env: Some(vec![EnvVar {
-                            name: "POD_NAME".into(),
-                            value_from: Some(EnvVarSource {
-                                field_ref: Some(ObjectFieldSelector {
-                                    field_path: "metadata.name".into(),
-                                    ..Default::default()
-                                }),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        }]),
+                        env: Some(vec![field_env("POD_NAME", "metadata.name")]),
                         ports: Some(vec![
                             ContainerPort {
                                 name: Some("client".into()),
@@ -637,20 +617,7 @@ pub fn managed_statefulset(
                                 ..Default::default()
                             }
                         })),
-                        security_context: Some(SecurityContext {
-                            allow_privilege_escalation: Some(false),
-                            capabilities: Some(Capabilities {
-                                drop: Some(vec!["ALL".into()]),
-                                ..Default::default()
-                            }),
-                            read_only_root_filesystem: Some(true),
-                            run_as_non_root: Some(true),
-                            seccomp_profile: Some(SeccompProfile {
-                                type_: "RuntimeDefault".into(),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        }),
+                        security_context: Some(restricted_container()),
                         volume_mounts: Some(vec![
                             VolumeMount {
                                 name: "data".into(),

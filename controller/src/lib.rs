@@ -18,6 +18,7 @@ pub mod hash;
 pub mod metrics;
 pub mod operator;
 pub mod pki;
+pub mod podspec;
 pub mod reconcile;
 pub mod tenant;
 

@@ -4,14 +4,14 @@
 
 use crate::api::TenantControlPlane;
 use crate::apply::apply;
+use crate::podspec::{field_env, restricted_container};
 use crate::{Error, Result};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, HostPathVolumeSource, KeyToPath, ObjectFieldSelector, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SecurityContext, Service,
-    ServiceAccount, ServiceAccountTokenProjection, ServicePort, ServiceSpec, Toleration, Volume,
-    VolumeMount, VolumeProjection,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
+    HostPathVolumeSource, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ProjectedVolumeSource, SecurityContext, Service, ServiceAccount, ServiceAccountTokenProjection,
+    ServicePort, ServiceSpec, Toleration, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
@@ -323,20 +323,6 @@ fn k8s_app(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([("k8s-app".to_string(), name.to_string())])
 }
 
-fn restricted_container() -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            ..Default::default()
-        }),
-        read_only_root_filesystem: Some(true),
-        run_as_non_root: Some(true),
-        run_as_user: Some(65532),
-        ..Default::default()
-    }
-}
-
 fn coredns(o: &mut TenantObjects, image: &str, dns_ip: &str, domain: &str) {
     let corefile = format!(
         ".:53 {{\n    errors\n    health {{\n       lameduck 5s\n    }}\n    ready\n    kubernetes {domain} in-addr.arpa ip6.arpa {{\n       pods insecure\n       fallthrough in-addr.arpa ip6.arpa\n       ttl 30\n    }}\n    prometheus :9153\n    forward . /etc/resolv.conf {{\n       max_concurrent 1000\n    }}\n    cache 30\n    loop\n    reload\n    loadbalance\n}}\n"
@@ -550,17 +536,7 @@ fn kube_proxy(o: &mut TenantObjects, image: &str, endpoint: &str, pod_cidr: &str
                             "--config=/var/lib/kube-proxy/config.conf".into(),
                             "--hostname-override=$(NODE_NAME)".into(),
                         ]),
-                        env: Some(vec![EnvVar {
-                            name: "NODE_NAME".into(),
-                            value_from: Some(EnvVarSource {
-                                field_ref: Some(ObjectFieldSelector {
-                                    field_path: "spec.nodeName".into(),
-                                    ..Default::default()
-                                }),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        }]),
+                        env: Some(vec![field_env("NODE_NAME", "spec.nodeName")]),
                         // kube-proxy programs the node's iptables: it is a privileged node agent.
                         security_context: Some(SecurityContext {
                             privileged: Some(true),
