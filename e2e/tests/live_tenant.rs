@@ -150,6 +150,9 @@ async fn a_live_tenant_serves_real_clients_and_kubeadm_discovery() {
     let release_ns = unique_name("orrery-live");
     let etcd_ns = unique_name("orrery-etcd");
     let datastore = unique_name("live");
+    // Cluster-scoped chart objects are named after the release: a unique release never meets
+    // another installation's ClusterRole.
+    let release = unique_name("orrery-live");
     let (release_ns, etcd_ns, datastore) =
         (release_ns.as_str(), etcd_ns.as_str(), datastore.as_str());
 
@@ -439,7 +442,7 @@ async fn a_live_tenant_serves_real_clients_and_kubeadm_discovery() {
     .await
     .unwrap();
     check(
-        ground.run("helm", &["uninstall", "orrery", "-n", release_ns, "--wait"]),
+        ground.run("helm", &["uninstall", &release, "-n", release_ns, "--wait"]),
         "helm uninstall",
     );
     ground.kubectl(&["delete", "namespace", release_ns, etcd_ns, "--wait=false"]);
