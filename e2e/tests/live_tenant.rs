@@ -164,7 +164,7 @@ async fn a_live_tenant_serves_real_clients_and_kubeadm_discovery() {
             &[
                 "upgrade",
                 "--install",
-                "orrery",
+                &release,
                 chart.to_str().unwrap(),
                 "-n",
                 release_ns,
@@ -263,7 +263,13 @@ async fn a_live_tenant_serves_real_clients_and_kubeadm_discovery() {
         let pods = ground.run("kubectl", &["get", "pods", "-n", &ns, "-o", "wide"]);
         let logs = ground.run(
             "kubectl",
-            &["logs", "-n", release_ns, "deploy/orrery", "--tail=40"],
+            &[
+                "logs",
+                "-n",
+                release_ns,
+                &format!("deploy/{release}"),
+                "--tail=40",
+            ],
         );
         panic!(
             "tenant not Ready: {}\n{}\n{}\n{}",
