@@ -280,3 +280,83 @@ pub fn install_crds(ground: &Ground) {
         "crd/datastores.orrery.dev",
     ]);
 }
+
+/// Creates (or updates) the Secrets `etcd-ca` and `etcd-root` in `namespace` from the ground's
+/// tenant etcd: its CA key pair and its `root` client certificate.
+pub fn ground_etcd_secrets(ground: &Ground, namespace: &str) {
+    let dir = ground.var("ORRERY_TENANT_ETCD_DIR");
+    let _ = ground.run("kubectl", &["create", "namespace", namespace]);
+    for (name, cert, key) in [
+        ("etcd-ca", "ca.crt", "ca.key"),
+        ("etcd-root", "root.crt", "root.key"),
+    ] {
+        let yaml = ground.kubectl(&[
+            "create",
+            "secret",
+            "tls",
+            name,
+            "-n",
+            namespace,
+            &format!("--cert={dir}/{cert}"),
+            &format!("--key={dir}/{key}"),
+            "--dry-run=client",
+            "-o",
+            "yaml",
+        ]);
+        ground.kubectl_apply(&yaml);
+    }
+}
+
+/// An external DataStore on the ground's tenant etcd, using the Secrets of
+/// [`ground_etcd_secrets`] in `secrets_namespace`.
+pub fn ground_etcd_datastore(
+    ground: &Ground,
+    name: &str,
+    secrets_namespace: &str,
+    default: bool,
+) -> serde_json::Value {
+    let key = |secret: &str, key: &str| serde_json::json!({"name": secret, "namespace": secrets_namespace, "key": key});
+    serde_json::json!({
+        "apiVersion": "orrery.dev/v1alpha1", "kind": "DataStore",
+        "metadata": {"name": name, "annotations": {"orrery.dev/default-datastore": default.to_string()}},
+        "spec": {"external": {
+            "endpoints": [ground.var("ORRERY_TENANT_ETCD_ENDPOINT")],
+            "certificateAuthority": {"certificate": key("etcd-ca", "tls.crt"), "privateKey": key("etcd-ca", "tls.key")},
+            "rootClientCertificate": {"certificate": key("etcd-root", "tls.crt"), "privateKey": key("etcd-root", "tls.key")}
+        }}
+    })
+}
+
+impl Ground {
+    /// Server-side applies a manifest (YAML or JSON) with real kubectl.
+    pub fn kubectl_apply(&self, manifest: &str) {
+        use std::io::Write;
+        let mut child = Command::new(self.bin("kubectl"))
+            .args([
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager=e2e",
+                "-f",
+                "-",
+            ])
+            .env("KUBECONFIG", self.kubeconfig())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(manifest.as_bytes())
+            .expect("kubectl reads stdin");
+        let out = child.wait_with_output().expect("kubectl finishes");
+        assert!(
+            out.status.success(),
+            "kubectl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -17,7 +17,10 @@ use kube::{Client, ResourceExt};
 use orrery::api::{DataStore, TenantControlPlane};
 use orrery::context::{Context, Settings};
 use orrery::metrics::Metrics;
-use orrery_e2e::{Ground, eventually, install_crds, repo_root, unique_name};
+use orrery_e2e::{
+    Ground, eventually, ground_etcd_datastore, ground_etcd_secrets, install_crds, repo_root,
+    unique_name,
+};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -87,74 +90,8 @@ fn harness() -> &'static Harness {
 
 /// Secrets of the ground's tenant etcd and the default DataStore that points at it.
 fn setup_datastore(ground: &Ground) {
-    let dir = ground.var("ORRERY_TENANT_ETCD_DIR");
-    let endpoint = ground.var("ORRERY_TENANT_ETCD_ENDPOINT");
-    let ns = ground.run("kubectl", &["create", "namespace", SECRETS_NS]);
-    assert!(ns.status.success() || String::from_utf8_lossy(&ns.stderr).contains("AlreadyExists"));
-    for (name, cert, key) in [
-        ("etcd-ca", "ca.crt", "ca.key"),
-        ("etcd-root", "root.crt", "root.key"),
-    ] {
-        let yaml = ground.kubectl(&[
-            "create",
-            "secret",
-            "tls",
-            name,
-            "-n",
-            SECRETS_NS,
-            &format!("--cert={dir}/{cert}"),
-            &format!("--key={dir}/{key}"),
-            "--dry-run=client",
-            "-o",
-            "yaml",
-        ]);
-        kubectl_apply(ground, &yaml);
-    }
-    let ds = json!({
-        "apiVersion": "orrery.dev/v1alpha1", "kind": "DataStore",
-        "metadata": {"name": DATASTORE, "annotations": {"orrery.dev/default-datastore": "true"}},
-        "spec": {"external": {
-            "endpoints": [endpoint],
-            "certificateAuthority": {
-                "certificate": {"name": "etcd-ca", "namespace": SECRETS_NS, "key": "tls.crt"},
-                "privateKey": {"name": "etcd-ca", "namespace": SECRETS_NS, "key": "tls.key"}},
-            "rootClientCertificate": {
-                "certificate": {"name": "etcd-root", "namespace": SECRETS_NS, "key": "tls.crt"},
-                "privateKey": {"name": "etcd-root", "namespace": SECRETS_NS, "key": "tls.key"}}
-        }}
-    });
-    kubectl_apply(ground, &ds.to_string());
-}
-
-fn kubectl_apply(ground: &Ground, manifest: &str) {
-    let mut child = Command::new(ground.bin("kubectl"))
-        .args([
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--field-manager=e2e",
-            "-f",
-            "-",
-        ])
-        .env("KUBECONFIG", ground.kubeconfig())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(manifest.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl apply failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ground_etcd_secrets(ground, SECRETS_NS);
+    ground.kubectl_apply(&ground_etcd_datastore(ground, DATASTORE, SECRETS_NS, true).to_string());
 }
 
 /// A namespace that enforces Pod Security `restricted`, deleted when the test ends.
@@ -735,37 +672,12 @@ async fn delete_removes_everything_including_etcd_keys_user_and_role() {
     // The garbage collector removes every child of the deleted tenant.
     let sel = ListParams::default().labels("orrery.dev/tenant=gone");
     eventually("children garbage-collected", WAIT, || async {
-        let d = Api::<Deployment>::namespaced(client.clone(), &ns.name)
-            .list(&sel)
-            .await
-            .ok()?
-            .items
-            .len();
-        let s = Api::<Secret>::namespaced(client.clone(), &ns.name)
-            .list(&sel)
-            .await
-            .ok()?
-            .items
-            .len();
-        let v = Api::<Service>::namespaced(client.clone(), &ns.name)
-            .list(&sel)
-            .await
-            .ok()?
-            .items
-            .len();
-        let c = Api::<ConfigMap>::namespaced(client.clone(), &ns.name)
-            .list(&sel)
-            .await
-            .ok()?
-            .items
-            .len();
-        let p = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns.name)
-            .list(&sel)
-            .await
-            .ok()?
-            .items
-            .len();
-        (d + s + v + c + p == 0).then_some(())
+        let left = count::<Deployment>(&client, &ns.name, &sel).await?
+            + count::<Secret>(&client, &ns.name, &sel).await?
+            + count::<Service>(&client, &ns.name, &sel).await?
+            + count::<ConfigMap>(&client, &ns.name, &sel).await?
+            + count::<PodDisruptionBudget>(&client, &ns.name, &sel).await?;
+        (left == 0).then_some(())
     })
     .await
     .unwrap();
@@ -889,7 +801,7 @@ async fn a_user_supplied_ca_signs_the_tenant_certificates() {
         "-o",
         "yaml",
     ]);
-    kubectl_apply(&harness().ground, &yaml);
+    harness().ground.kubectl_apply(&yaml);
     let api = Api::<TenantControlPlane>::namespaced(client.clone(), &ns.name);
     create(&api, "own", json!({"version": "v1.34.4", "replicas": 1})).await;
     kubectl_wait_ready(&ns.name, "own");
@@ -929,20 +841,8 @@ async fn a_datastore_in_use_cannot_be_deleted() {
     let client = client().await;
     let h = harness();
     let name = unique_name("ds-inuse");
-    let endpoint = h.ground.var("ORRERY_TENANT_ETCD_ENDPOINT");
-    let ds = json!({
-        "apiVersion": "orrery.dev/v1alpha1", "kind": "DataStore", "metadata": {"name": name},
-        "spec": {"external": {
-            "endpoints": [endpoint],
-            "certificateAuthority": {
-                "certificate": {"name": "etcd-ca", "namespace": SECRETS_NS, "key": "tls.crt"},
-                "privateKey": {"name": "etcd-ca", "namespace": SECRETS_NS, "key": "tls.key"}},
-            "rootClientCertificate": {
-                "certificate": {"name": "etcd-root", "namespace": SECRETS_NS, "key": "tls.crt"},
-                "privateKey": {"name": "etcd-root", "namespace": SECRETS_NS, "key": "tls.key"}}
-        }}
-    });
-    kubectl_apply(&h.ground, &ds.to_string());
+    let ds = ground_etcd_datastore(&h.ground, &name, SECRETS_NS, false);
+    h.ground.kubectl_apply(&ds.to_string());
     let datastores = Api::<DataStore>::all(client.clone());
     let api = Api::<TenantControlPlane>::namespaced(client.clone(), &ns.name);
     create(
@@ -1062,4 +962,22 @@ async fn every_example_applies_and_its_tenants_become_ready() {
             examples.join(f).to_str().unwrap(),
         ]);
     }
+}
+
+/// How many objects of kind `K` in `ns` match `sel`.
+async fn count<K>(client: &Client, ns: &str, sel: &ListParams) -> Option<usize>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Some(
+        Api::<K>::namespaced(client.clone(), ns)
+            .list(sel)
+            .await
+            .ok()?
+            .items
+            .len(),
+    )
 }

@@ -13,7 +13,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use orrery::api::TenantControlPlane;
 use orrery::pki::{self, CurrentPki, TenantPkiSpec};
-use orrery_e2e::{Ground, install_crds, repo_root};
+use orrery_e2e::{Ground, ground_etcd_datastore, ground_etcd_secrets, install_crds, repo_root};
 use serde_json::json;
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -182,43 +182,10 @@ fn peak_rss_kib(pid: u32) -> Result<u64> {
 
 /// A DataStore on the ground's own etcd (authentication on).
 fn ensure_datastore(ground: &Ground) -> Result<()> {
-    let dir = ground.var("ORRERY_TENANT_ETCD_DIR");
-    let ns = "orrery-bench";
-    let _ = ground.run("kubectl", &["create", "namespace", ns]);
-    for (name, cert, key) in [
-        ("etcd-ca", "ca.crt", "ca.key"),
-        ("etcd-root", "root.crt", "root.key"),
-    ] {
-        let _ = ground.run(
-            "kubectl",
-            &[
-                "create",
-                "secret",
-                "tls",
-                name,
-                "-n",
-                ns,
-                &format!("--cert={dir}/{cert}"),
-                &format!("--key={dir}/{key}"),
-            ],
-        );
-    }
-    let ds = json!({
-        "apiVersion": "orrery.dev/v1alpha1", "kind": "DataStore",
-        "metadata": {"name": "bench-etcd"},
-        "spec": {"external": {
-            "endpoints": [ground.var("ORRERY_TENANT_ETCD_ENDPOINT")],
-            "certificateAuthority": {
-                "certificate": {"name": "etcd-ca", "namespace": ns, "key": "tls.crt"},
-                "privateKey": {"name": "etcd-ca", "namespace": ns, "key": "tls.key"}},
-            "rootClientCertificate": {
-                "certificate": {"name": "etcd-root", "namespace": ns, "key": "tls.crt"},
-                "privateKey": {"name": "etcd-root", "namespace": ns, "key": "tls.key"}}
-        }}
-    });
-    let file = std::env::temp_dir().join("orrery-bench-datastore.json");
-    std::fs::write(&file, ds.to_string())?;
-    ground.kubectl(&["apply", "-f", file.to_str().unwrap()]);
+    ground_etcd_secrets(ground, "orrery-bench");
+    ground.kubectl_apply(
+        &ground_etcd_datastore(ground, "bench-etcd", "orrery-bench", false).to_string(),
+    );
     Ok(())
 }
 
