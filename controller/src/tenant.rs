@@ -323,6 +323,24 @@ fn k8s_app(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([("k8s-app".to_string(), name.to_string())])
 }
 
+fn selector(labels: &BTreeMap<String, String>) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(labels.clone()),
+        ..Default::default()
+    }
+}
+
+/// A pod template whose pods carry `labels`.
+fn template(labels: BTreeMap<String, String>, pod: PodSpec) -> PodTemplateSpec {
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels),
+            ..Default::default()
+        }),
+        spec: Some(pod),
+    }
+}
+
 fn coredns(o: &mut TenantObjects, image: &str, dns_ip: &str, domain: &str) {
     let corefile = format!(
         ".:53 {{\n    errors\n    health {{\n       lameduck 5s\n    }}\n    ready\n    kubernetes {domain} in-addr.arpa ip6.arpa {{\n       pods insecure\n       fallthrough in-addr.arpa ip6.arpa\n       ttl 30\n    }}\n    prometheus :9153\n    forward . /etc/resolv.conf {{\n       max_concurrent 1000\n    }}\n    cache 30\n    loop\n    reload\n    loadbalance\n}}\n"
@@ -376,16 +394,10 @@ fn coredns(o: &mut TenantObjects, image: &str, dns_ip: &str, domain: &str) {
         metadata: meta("coredns", Some(KUBE_SYSTEM)),
         spec: Some(DeploymentSpec {
             replicas: Some(2),
-            selector: LabelSelector {
-                match_labels: Some(labels.clone()),
-                ..Default::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels.clone()),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
+            selector: selector(&labels),
+            template: template(
+                labels.clone(),
+                PodSpec {
                     service_account_name: Some("coredns".into()),
                     priority_class_name: Some("system-cluster-critical".into()),
                     tolerations: Some(vec![Toleration {
@@ -442,8 +454,8 @@ fn coredns(o: &mut TenantObjects, image: &str, dns_ip: &str, domain: &str) {
                     }]),
                     dns_policy: Some("Default".into()),
                     ..Default::default()
-                }),
-            },
+                },
+            ),
             ..Default::default()
         }),
         ..Default::default()
@@ -507,16 +519,10 @@ fn kube_proxy(o: &mut TenantObjects, image: &str, endpoint: &str, pod_cidr: &str
     o.daemon_sets.push(DaemonSet {
         metadata: meta("kube-proxy", Some(KUBE_SYSTEM)),
         spec: Some(DaemonSetSpec {
-            selector: LabelSelector {
-                match_labels: Some(labels.clone()),
-                ..Default::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
+            selector: selector(&labels),
+            template: template(
+                labels,
+                PodSpec {
                     service_account_name: Some("kube-proxy".into()),
                     host_network: Some(true),
                     priority_class_name: Some("system-node-critical".into()),
@@ -576,8 +582,8 @@ fn kube_proxy(o: &mut TenantObjects, image: &str, endpoint: &str, pod_cidr: &str
                         host_path("lib-modules", "/lib/modules", ""),
                     ]),
                     ..Default::default()
-                }),
-            },
+                },
+            ),
             ..Default::default()
         }),
         ..Default::default()
@@ -604,16 +610,10 @@ fn konnectivity_agent(o: &mut TenantObjects, image: &str, endpoint: &str, port: 
     o.daemon_sets.push(DaemonSet {
         metadata: meta("konnectivity-agent", Some(KUBE_SYSTEM)),
         spec: Some(DaemonSetSpec {
-            selector: LabelSelector {
-                match_labels: Some(labels.clone()),
-                ..Default::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
+            selector: selector(&labels),
+            template: template(
+                labels,
+                PodSpec {
                     service_account_name: Some("konnectivity-agent".into()),
                     priority_class_name: Some("system-cluster-critical".into()),
                     tolerations: Some(vec![Toleration {
@@ -676,8 +676,8 @@ fn konnectivity_agent(o: &mut TenantObjects, image: &str, endpoint: &str, port: 
                         ..Default::default()
                     }]),
                     ..Default::default()
-                }),
-            },
+                },
+            ),
             ..Default::default()
         }),
         ..Default::default()
