@@ -174,6 +174,20 @@ fn kubectl_wait_ready(ns: &str, name: &str) {
     }
 }
 
+/// A tenant in a namespace of its own, waited on until Ready.
+async fn ready_tenant(
+    prefix: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> (TestNamespace, Client, Api<TenantControlPlane>) {
+    let ns = TestNamespace::new(prefix);
+    let client = client().await;
+    let api = Api::<TenantControlPlane>::namespaced(client.clone(), &ns.name);
+    create(&api, name, spec).await;
+    kubectl_wait_ready(&ns.name, name);
+    (ns, client, api)
+}
+
 fn condition(tcp: &TenantControlPlane, type_: &str) -> Option<(String, String)> {
     tcp.status
         .as_ref()?
@@ -259,11 +273,7 @@ async fn resource_versions(client: &Client, ns: &str, name: &str) -> BTreeMap<St
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tenant_becomes_ready_with_every_child_and_status() {
-    let ns = TestNamespace::new("ready");
-    let client = client().await;
-    let api = Api::<TenantControlPlane>::namespaced(client.clone(), &ns.name);
-    create(&api, "t1", json!({"version": "v1.34.4", "network": {"certSANs": ["api.t1.example.com", "192.0.2.10"]}})).await;
-    kubectl_wait_ready(&ns.name, "t1");
+    let (ns, client, api) = ready_tenant("ready", "t1", json!({"version": "v1.34.4", "network": {"certSANs": ["api.t1.example.com", "192.0.2.10"]}})).await;
 
     let tcp = api.get("t1").await.unwrap();
     let status = tcp.status.clone().unwrap();
@@ -416,11 +426,12 @@ fn tempfile_dir(name: &str) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unchanged_tenant_reconciles_without_writes() {
-    let ns = TestNamespace::new("nowrite");
-    let client = client().await;
-    let api = Api::<TenantControlPlane>::namespaced(client.clone(), &ns.name);
-    create(&api, "quiet", json!({"version": "v1.34.4", "replicas": 1})).await;
-    kubectl_wait_ready(&ns.name, "quiet");
+    let (ns, client, _) = ready_tenant(
+        "nowrite",
+        "quiet",
+        json!({"version": "v1.34.4", "replicas": 1}),
+    )
+    .await;
     // Let the last status write and its watch events settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before = resource_versions(&client, &ns.name, "quiet").await;
@@ -449,11 +460,7 @@ async fn unchanged_tenant_reconciles_without_writes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deleted_or_edited_children_are_restored() {
-    let ns = TestNamespace::new("drift");
-    let client = client().await;
-    let api = Api::<TenantControlPlane>::namespaced(client.clone(), &ns.name);
-    create(&api, "d1", json!({"version": "v1.34.4"})).await;
-    kubectl_wait_ready(&ns.name, "d1");
+    let (ns, client, _) = ready_tenant("drift", "d1", json!({"version": "v1.34.4"})).await;
 
     let services = Api::<Service>::namespaced(client.clone(), &ns.name);
     let old_uid = services.get("d1").await.unwrap().uid();
@@ -527,11 +534,8 @@ async fn deleted_or_edited_children_are_restored() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn certificate_change_rolls_the_pods() {
-    let ns = TestNamespace::new("roll");
-    let client = client().await;
-    let api = Api::<TenantControlPlane>::namespaced(client.clone(), &ns.name);
-    create(&api, "r1", json!({"version": "v1.34.4", "replicas": 1})).await;
-    kubectl_wait_ready(&ns.name, "r1");
+    let (ns, client, api) =
+        ready_tenant("roll", "r1", json!({"version": "v1.34.4", "replicas": 1})).await;
     let deployments = Api::<Deployment>::namespaced(client.clone(), &ns.name);
     let hash = |d: &Deployment| {
         d.spec
@@ -585,12 +589,13 @@ async fn certificate_change_rolls_the_pods() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn delete_removes_everything_including_etcd_keys_user_and_role() {
-    let ns = TestNamespace::new("delete");
-    let client = client().await;
-    let api = Api::<TenantControlPlane>::namespaced(client.clone(), &ns.name);
-    create(&api, "gone", json!({"version": "v1.34.4", "replicas": 1})).await;
+    let (ns, client, api) = ready_tenant(
+        "delete",
+        "gone",
+        json!({"version": "v1.34.4", "replicas": 1}),
+    )
+    .await;
     create(&api, "kept", json!({"version": "v1.34.4", "replicas": 1})).await;
-    kubectl_wait_ready(&ns.name, "gone");
     kubectl_wait_ready(&ns.name, "kept");
 
     // Each tenant writes with its own etcd identity, as its apiserver would.
