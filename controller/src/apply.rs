@@ -1,14 +1,14 @@
-//! Server-side apply of child objects, their labels, and pruning of children no longer wanted.
+//! Server-side apply of child objects, and the labels and owner references they carry.
 
 use crate::{FIELD_MANAGER, Result};
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::{Resource, ResourceExt};
+use kube::Resource;
+use kube::api::{Api, Patch, PatchParams};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
+use tracing::warn;
 
 /// Set on every object Orrery creates.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "orrery");
@@ -52,6 +52,10 @@ pub fn owner_reference<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerReferen
 /// ownership of conflicting fields: Orrery is the source of truth for its children, and this is
 /// how a hand edit is undone. Applying unchanged content is a no-op on the server (no new
 /// resourceVersion).
+///
+/// A hand edit can also make the apply invalid: a Service port changed by hand stays owned by the
+/// editor, and ours, with the same port name, then collides with it (422). Such an object is
+/// repaired by a merge patch, which replaces lists as a whole, and applied again.
 pub async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K>
 where
     K: Resource + Clone + Debug + Serialize + DeserializeOwned,
@@ -61,34 +65,17 @@ where
         .name
         .clone()
         .expect("applied objects have a name");
-    Ok(api
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(obj),
-        )
-        .await?)
-}
-
-/// Deletes the objects of kind `K` in `namespace` that carry `selector` but are not in `keep`.
-/// Returns the names deleted.
-pub async fn prune<K>(api: &Api<K>, selector: &str, keep: &[String]) -> Result<Vec<String>>
-where
-    K: Resource<Scope = NamespaceResourceScope> + Clone + Debug + DeserializeOwned,
-{
-    let mut deleted = Vec::new();
-    for obj in api
-        .list_metadata(&ListParams::default().labels(selector))
-        .await?
-    {
-        let name = obj.name_any();
-        if !keep.contains(&name) && obj.metadata.deletion_timestamp.is_none() {
-            match api.delete(&name, &DeleteParams::background()).await {
-                Ok(_) => deleted.push(name),
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    match api.patch(&name, &params, &Patch::Apply(obj)).await {
+        Err(kube::Error::Api(e)) if e.code == 422 => {
+            warn!(%name, error = %e.message, "apply refused; replacing the hand-edited fields");
+            let repair = PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            };
+            api.patch(&name, &repair, &Patch::Merge(obj)).await?;
+            Ok(api.patch(&name, &params, &Patch::Apply(obj)).await?)
         }
+        result => Ok(result?),
     }
-    Ok(deleted)
 }

@@ -8,6 +8,8 @@ pub const CONTROL_PLANE_AVAILABLE: &str = "ControlPlaneAvailable";
 pub const TENANT_API_READY: &str = "TenantAPIReady";
 pub const TENANT_BOOTSTRAPPED: &str = "TenantBootstrapped";
 pub const READY: &str = "Ready";
+/// True while reconciles fail; its reason names the kind of failure.
+pub const DEGRADED: &str = "Degraded";
 
 /// Sets condition `type_` in `conditions`. `lastTransitionTime` moves only when the status
 /// changes, so an unchanged reconcile produces an identical list (and no status write).

@@ -1,9 +1,16 @@
-//! What every reconciler shares.
+//! What every reconciler shares: the client, settings, metrics, one event recorder, the etcd
+//! connections and the reflector stores that answer cross-object lookups without a LIST.
 
+use crate::api::{DataStore, TenantControlPlane};
+use crate::etcd::EtcdPool;
 use crate::metrics::Metrics;
-use kube::runtime::events::Reporter;
-use std::sync::Arc;
+use kube::Resource;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{Lookup, Store};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::warn;
 
 /// Process-wide settings of the controllers.
 #[derive(Clone, Debug)]
@@ -27,14 +34,15 @@ impl Default for Settings {
 }
 
 /// Shared state of the controllers.
-#[derive(Clone)]
 pub struct Context {
     pub client: kube::Client,
     pub metrics: Arc<Metrics>,
-    pub reporter: Reporter,
+    /// One recorder for the process, so repeated Events aggregate into series.
+    pub recorder: Recorder,
     pub settings: Settings,
     /// etcd connections, one per DataStore, reused across reconciles.
-    pub etcd: Arc<crate::datastore::EtcdPool>,
+    pub etcd: EtcdPool,
+    pub stores: Stores,
 }
 
 impl Context {
@@ -45,11 +53,80 @@ impl Context {
         settings: Settings,
     ) -> Self {
         Self {
+            recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
-            reporter,
             settings,
-            etcd: Default::default(),
+            etcd: EtcdPool::default(),
+            stores: Stores::default(),
         }
+    }
+
+    /// Publishes an Event about `obj`; a failure to publish is logged, never fatal.
+    pub async fn event<K>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) where
+        K: Resource<DynamicType = ()>,
+    {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            warn!(error = %e, reason, "cannot publish event");
+        }
+    }
+}
+
+/// Caches of the objects that reconcilers look up across kinds. Each store is filled by the
+/// controller of its kind, which watches that kind anyway (one watch per kind in the process):
+/// that controller takes the writer once at start.
+pub struct Stores {
+    pub tenants: Store<TenantControlPlane>,
+    pub datastores: Store<DataStore>,
+    tenants_writer: Mutex<Option<Writer<TenantControlPlane>>>,
+    datastores_writer: Mutex<Option<Writer<DataStore>>>,
+}
+
+impl Default for Stores {
+    fn default() -> Self {
+        let tenants = Writer::default();
+        let datastores = Writer::default();
+        Self {
+            tenants: tenants.as_reader(),
+            datastores: datastores.as_reader(),
+            tenants_writer: Mutex::new(Some(tenants)),
+            datastores_writer: Mutex::new(Some(datastores)),
+        }
+    }
+}
+
+fn take<K: Lookup + Clone>(slot: &Mutex<Option<Writer<K>>>, what: &str) -> Writer<K>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    slot.lock()
+        .expect("store writer lock")
+        .take()
+        .unwrap_or_else(|| panic!("the {what} store is fed by one controller only"))
+}
+
+impl Stores {
+    /// The writer of the TenantControlPlane store, for the TenantControlPlane controller.
+    pub fn take_tenants_writer(&self) -> Writer<TenantControlPlane> {
+        take(&self.tenants_writer, "TenantControlPlane")
+    }
+
+    /// The writer of the DataStore store, for the DataStore controller.
+    pub fn take_datastores_writer(&self) -> Writer<DataStore> {
+        take(&self.datastores_writer, "DataStore")
     }
 }

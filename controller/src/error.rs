@@ -26,9 +26,13 @@ pub enum Error {
 }
 
 impl Error {
-    /// A short CamelCase label for metrics and condition reasons.
-    pub fn kind(&self) -> &'static str {
+    /// A short CamelCase name of the kind of failure: the metric label, the Event reason and the
+    /// reason of the Degraded condition.
+    pub fn category(&self) -> &'static str {
         match self {
+            Error::Kube(kube::Error::Api(e)) if e.code == 409 => "Conflict",
+            Error::Kube(kube::Error::Api(e)) if e.code == 422 => "Rejected",
+            Error::Kube(kube::Error::Api(e)) if e.code >= 500 => "KubeApiUnavailable",
             Error::Kube(_) => "KubeApi",
             Error::Pki(_) => "Pki",
             Error::Etcd(_) => "Etcd",
@@ -39,7 +43,7 @@ impl Error {
             Error::Io(_) => "Io",
             Error::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.kind(),
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),
                 _ => "Finalizer",
             },
         }

@@ -8,18 +8,21 @@
 
 pub mod api;
 pub mod apply;
+pub mod children;
 pub mod conditions;
 pub mod context;
 pub mod controlplane;
 pub mod crdgen;
 pub mod datastore;
 pub mod error;
+pub mod etcd;
 pub mod hash;
 pub mod metrics;
 pub mod operator;
 pub mod pki;
 pub mod podspec;
-pub mod reconcile;
+pub mod stop;
+
 pub mod tenant;
 
 pub use error::{Error, Result};

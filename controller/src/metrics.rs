@@ -91,12 +91,12 @@ impl Metrics {
         }
     }
 
-    /// Counts a failed reconciliation of `controller`, labelled with the error's kind.
-    pub fn reconcile_failed(&self, controller: &'static str, error: &crate::Error) {
+    /// Counts a failed reconciliation of `controller`, labelled with the failure's category.
+    pub fn reconcile_failed(&self, controller: &'static str, category: &'static str) {
         self.errors
             .get_or_create(&ErrorLabels {
                 controller,
-                error: error.kind(),
+                error: category,
             })
             .inc();
     }
@@ -204,9 +204,9 @@ mod tests {
             what: "Secret",
             name: "ca".into(),
         };
-        metrics.reconcile_failed("tenantcontrolplane", &invalid);
-        metrics.reconcile_failed("tenantcontrolplane", &invalid);
-        metrics.reconcile_failed("datastore", &missing);
+        metrics.reconcile_failed("tenantcontrolplane", invalid.category());
+        metrics.reconcile_failed("tenantcontrolplane", invalid.category());
+        metrics.reconcile_failed("datastore", missing.category());
 
         assert_eq!(
             metrics.reconcile_errors("tenantcontrolplane", "InvalidSpec"),

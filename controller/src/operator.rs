@@ -542,12 +542,20 @@ async fn run_controller(args: ControllerArgs, lease_namespace: Option<String>) -
     };
     let ctx = Arc::new(Context::new(client, metrics, reporter, args.settings()));
     info!("starting controllers");
+    let token = tokio_util::sync::CancellationToken::new();
+    {
+        let (token, stop) = (token.clone(), shutdown.wait());
+        tokio::spawn(async move {
+            stop.await;
+            token.cancel();
+        });
+    }
     let mut controllers = [
         Controller::spawn(
             "tenantcontrolplane",
-            crate::reconcile::run(ctx.clone(), shutdown.wait()),
+            crate::controlplane::run(ctx.clone(), token.clone()),
         ),
-        Controller::spawn("datastore", crate::datastore::run(ctx, shutdown.wait())),
+        Controller::spawn("datastore", crate::datastore::run(ctx, token)),
     ];
 
     let mut ok = true;

@@ -9,7 +9,7 @@ use etcd_client::{
     Certificate, Client as EtcdClient, ConnectOptions, GetOptions, Identity, TlsOptions,
 };
 use k8s_openapi::api::core::v1::{Secret, Service};
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use orrery::api::{DataStore, TenantControlPlane};
 use orrery_e2e::{Ground, eventually, install_crds, repo_root, unique_name};
 use serde_json::json;
@@ -416,6 +416,37 @@ async fn a_live_tenant_serves_real_clients_and_kubeadm_discovery() {
     let ns_key = format!("/orrery/{ns}/live/namespaces/hello");
     assert_eq!(etcd.get(ns_key, None).await.unwrap().count(), 1);
 
+    // Each add-on switched off is gone from the tenant after one reconcile, and comes back when
+    // switched on again.
+    for (field, kind, name) in [
+        ("coreDNS", "deployment", "coredns"),
+        ("kubeProxy", "daemonset", "kube-proxy"),
+        ("konnectivity", "daemonset", "konnectivity-agent"),
+    ] {
+        for enabled in [false, true] {
+            let patch = json!({"spec": {"addons": {field: {"enabled": enabled}}}});
+            tcps.patch("live", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .unwrap();
+            eventually(
+                &format!("{kind} {name} present={enabled} in the tenant"),
+                Duration::from_secs(60),
+                || async {
+                    let out = tenant_kubectl(
+                        &ground,
+                        &kubeconfig,
+                        &["get", "-n", "kube-system", kind, name],
+                    );
+                    let present = out.status.success();
+                    let gone = String::from_utf8_lossy(&out.stderr).contains("NotFound");
+                    ((enabled && present) || (!enabled && gone)).then_some(())
+                },
+            )
+            .await
+            .unwrap();
+        }
+    }
+
     // Delete: the tenant's keys go, the DataStore stays.
     tcps.delete("live", &DeleteParams::default()).await.unwrap();
     eventually("tenant deleted", Duration::from_secs(120), || async {
@@ -433,6 +464,9 @@ async fn a_live_tenant_serves_real_clients_and_kubeadm_discovery() {
     assert_eq!(left.count(), 0);
 
     ground.kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+    for round in 0..3 {
+        delete_while_writing(&ground, &client, &mut etcd, datastore, round).await;
+    }
     datastores
         .delete(datastore, &DeleteParams::default())
         .await
@@ -500,4 +534,126 @@ fn print_memory(ground: &Ground, ns: &str) {
         field("total_rss "),
         field("total_rss ") + field("total_cache ")
     );
+}
+
+/// Creates a live tenant, keeps its apiserver writing, deletes the tenant, and checks that not
+/// one key is left under its prefix: access is revoked before the keys go.
+async fn delete_while_writing(
+    ground: &Ground,
+    client: &kube::Client,
+    etcd: &mut EtcdClient,
+    datastore: &str,
+    round: usize,
+) {
+    let ns = unique_name("live-del");
+    ground.kubectl(&["create", "namespace", &ns]);
+    ground.kubectl(&[
+        "label",
+        "namespace",
+        &ns,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]);
+    apply_json(
+        ground,
+        &json!({
+            "apiVersion": "orrery.dev/v1alpha1", "kind": "TenantControlPlane",
+            "metadata": {"name": "w", "namespace": ns},
+            "spec": {"version": "v1.34.4", "replicas": 1, "dataStore": datastore,
+                     "addons": {"coreDNS": {"enabled": false}, "kubeProxy": {"enabled": false},
+                                "konnectivity": {"enabled": false}},
+                     "controlPlane": {"scheduling": live_scheduling()}}
+        }),
+    );
+    check(
+        ground.run(
+            "kubectl",
+            &[
+                "wait",
+                "-n",
+                &ns,
+                "--for=condition=Ready",
+                "tcp/w",
+                "--timeout=300s",
+            ],
+        ),
+        "writer tenant Ready",
+    );
+    let admin = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get("w-admin-kubeconfig")
+        .await
+        .unwrap();
+    let kubeconfig =
+        kube::config::Kubeconfig::from_yaml(&secret_text(&admin, "kubeconfig")).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let tenant = kube::Client::try_from(config).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let cms = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(tenant, "default");
+            let mut written = 0usize;
+            for i in 0.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let cm =
+                    serde_json::from_value(json!({"metadata": {"name": format!("w{i}")}})).unwrap();
+                match cms.create(&Default::default(), &cm).await {
+                    Ok(_) => written += 1,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+            written
+        })
+    };
+    let prefix = format!("/orrery/{ns}/w/");
+    eventually(
+        "the tenant apiserver writes",
+        Duration::from_secs(30),
+        || async {
+            let n = etcd
+                .clone()
+                .get(
+                    format!("{prefix}configmaps/default/"),
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                )
+                .await
+                .ok()?
+                .count();
+            (n > 5).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let tcps = Api::<TenantControlPlane>::namespaced(client.clone(), &ns);
+    tcps.delete("w", &DeleteParams::default()).await.unwrap();
+    eventually(
+        "writer tenant deleted",
+        Duration::from_secs(120),
+        || async { tcps.get_opt("w").await.ok()?.is_none().then_some(()) },
+    )
+    .await
+    .unwrap();
+    // The apiserver may still run (its pods go with the garbage collector): give it time to try.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.await.unwrap();
+    let left = etcd
+        .get(
+            prefix.clone(),
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .unwrap()
+        .count();
+    println!(
+        "live tenant deletion round {round}: {written} objects written while deleting, {left} keys left"
+    );
+    assert_eq!(
+        left, 0,
+        "keys left under {prefix} after deleting a tenant that was writing"
+    );
+    ground.kubectl(&["delete", "namespace", &ns, "--wait=false"]);
 }

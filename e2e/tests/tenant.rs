@@ -69,13 +69,10 @@ fn harness() -> &'static Harness {
                 let trigger = futures::stream::unfold(rx, |mut rx| async move {
                     rx.recv().await.map(|()| ((), rx))
                 });
+                let never = tokio_util::sync::CancellationToken::new();
                 tokio::join!(
-                    orrery::reconcile::run_with_trigger(
-                        ctx.clone(),
-                        std::future::pending(),
-                        trigger
-                    ),
-                    orrery::datastore::run(ctx, std::future::pending()),
+                    orrery::controlplane::run_with_trigger(ctx.clone(), never.clone(), trigger),
+                    orrery::datastore::run(ctx, never),
                 );
             });
         });
@@ -458,78 +455,222 @@ async fn unchanged_tenant_reconciles_without_writes() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn deleted_or_edited_children_are_restored() {
-    let (ns, client, _) = ready_tenant("drift", "d1", json!({"version": "v1.34.4"})).await;
+/// How long a child deleted or edited by hand may stay so.
+const RESTORE: Duration = Duration::from_secs(10);
 
-    let services = Api::<Service>::namespaced(client.clone(), &ns.name);
-    let old_uid = services.get("d1").await.unwrap().uid();
-    services
-        .delete("d1", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("Service recreated", WAIT, || async {
-        services
-            .get_opt("d1")
+/// Deletes `name` of kind `K` and waits until a new one (another uid) is there.
+async fn delete_and_see_restored<K>(api: &Api<K>, name: &str) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let old = api.get(name).await.unwrap().uid();
+    api.delete(name, &DeleteParams::default()).await.unwrap();
+    eventually(&format!("{name} recreated"), RESTORE, || async {
+        api.get_opt(name)
             .await
             .ok()
             .flatten()
-            .filter(|s| s.uid() != old_uid)
-            .map(|_| ())
+            .filter(|o| o.uid() != old)
     })
     .await
-    .unwrap();
+    .unwrap()
+}
 
-    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns.name);
-    deployments
-        .patch(
-            "d1",
-            &PatchParams::apply("someone-else").force(),
-            &Patch::Apply(json!({
-                "apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": 5}
-            })),
-        )
+/// Edits `name` with a merge patch and waits until `restored` holds again.
+async fn edit_and_see_restored<K, F>(
+    api: &Api<K>,
+    name: &str,
+    patch: serde_json::Value,
+    restored: F,
+) where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    F: Fn(&K) -> bool,
+{
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    eventually("replicas restored to 2", WAIT, || async {
-        let d = deployments.get("d1").await.ok()?;
-        (d.spec?.replicas == Some(2)).then_some(())
-    })
+    eventually(
+        &format!("{name} restored after {patch}"),
+        RESTORE,
+        || async { api.get(name).await.ok().filter(|o| restored(o)).map(|_| ()) },
+    )
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleted_or_edited_children_are_restored() {
+    let (ns, client, api) = ready_tenant("drift", "d1", json!({"version": "v1.34.4"})).await;
+
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns.name);
+    let replicas = |d: &Deployment| d.spec.as_ref().and_then(|s| s.replicas) == Some(2);
+    edit_and_see_restored(
+        &deployments,
+        "d1",
+        json!({"spec": {"replicas": 5}}),
+        replicas,
+    )
+    .await;
+    delete_and_see_restored(&deployments, "d1").await;
+
+    // A Service port edited by hand makes a plain apply invalid (two ports named kube-apiserver).
+    let services = Api::<Service>::namespaced(client.clone(), &ns.name);
+    let before = services.get("d1").await.unwrap();
+    let ports = |s: &Service| -> Vec<i32> {
+        s.spec
+            .as_ref()
+            .unwrap()
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| p.port)
+            .collect()
+    };
+    let edited = json!({"spec": {"ports": [
+        {"name": "kube-apiserver", "port": 7443, "targetPort": 6443, "protocol": "TCP"},
+        {"name": "konnectivity", "port": 8132, "targetPort": 8132, "protocol": "TCP"},
+    ]}});
+    let want = ports(&before);
+    edit_and_see_restored(&services, "d1", edited, |s| ports(s) == want).await;
+    // A Service deleted by hand comes back at the same address: kubeconfigs stay valid.
+    let again = delete_and_see_restored(&services, "d1").await;
+    assert_eq!(
+        again.spec.unwrap().cluster_ip,
+        before.spec.unwrap().cluster_ip,
+        "the endpoint must not move"
+    );
 
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &ns.name);
     let original = config_maps.get("d1-config").await.unwrap().data;
-    config_maps
-        .patch(
-            "d1-config",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"data": {"egress-selector-configuration.yaml": "tampered"}})),
-        )
-        .await
-        .unwrap();
-    eventually("ConfigMap restored", WAIT, || async {
-        (config_maps.get("d1-config").await.ok()?.data == original).then_some(())
-    })
-    .await
-    .unwrap();
+    let tampered = json!({"data": {"egress-selector-configuration.yaml": "tampered"}});
+    edit_and_see_restored(&config_maps, "d1-config", tampered, |c| c.data == original).await;
+    delete_and_see_restored(&config_maps, "d1-config").await;
+
+    let budgets = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns.name);
+    let one = |p: &PodDisruptionBudget| {
+        p.spec.as_ref().and_then(|s| s.max_unavailable.clone())
+            == Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    };
+    edit_and_see_restored(&budgets, "d1", json!({"spec": {"maxUnavailable": 2}}), one).await;
+    delete_and_see_restored(&budgets, "d1").await;
 
     let secrets = Api::<Secret>::namespaced(client.clone(), &ns.name);
     let ca_before = secrets.get("d1-ca").await.unwrap().data;
-    secrets
-        .delete("d1-kubeconfigs", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("kubeconfigs Secret restored", WAIT, || async {
-        secrets.get_opt("d1-kubeconfigs").await.ok()?.map(|_| ())
-    })
-    .await
-    .unwrap();
+    for name in ["d1-certs", "d1-admin-kubeconfig", "d1-kubeconfigs"] {
+        let data = secrets.get(name).await.unwrap().data;
+        let key = data.as_ref().unwrap().keys().next().unwrap().clone();
+        let tampered = json!({"data": {key: "dGFtcGVyZWQ="}});
+        edit_and_see_restored(&secrets, name, tampered, |s| s.data == data).await;
+        delete_and_see_restored(&secrets, name).await;
+    }
     assert_eq!(
         secrets.get("d1-ca").await.unwrap().data,
         ca_before,
         "the CA must never change"
     );
+    assert!(
+        condition(&api.get("d1").await.unwrap(), "Ready") == Some(("True".into(), "Ready".into())),
+        "every repair keeps the tenant Ready"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_authority_is_reported_never_replaced() {
+    let (ns, client, api) =
+        ready_tenant("lost", "l1", json!({"version": "v1.34.4", "replicas": 1})).await;
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns.name);
+    for name in ["l1-ca", "l1-front-proxy-ca", "l1-sa"] {
+        let kept = secrets.get(name).await.unwrap();
+        secrets
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+        wait_condition(&api, "l1", "CertificatesReady", "False", "AuthorityMissing").await;
+        let tcp = api.get("l1").await.unwrap();
+        let message = tcp
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "CertificatesReady")
+            .unwrap()
+            .message;
+        assert!(
+            message.contains(name) && message.contains("Restore it"),
+            "{message}"
+        );
+        assert_eq!(
+            condition(&api.get("l1").await.unwrap(), "Ready").unwrap().0,
+            "False"
+        );
+        assert!(
+            secrets.get_opt(name).await.unwrap().is_none(),
+            "{name} must not be made anew"
+        );
+        let events = harness().ground.kubectl(&[
+            "get",
+            "events",
+            "-n",
+            &ns.name,
+            "--field-selector",
+            "type=Warning",
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ]);
+        assert!(events.contains("AuthorityMissing"), "events: {events}");
+        // Restored from a backup, the tenant is whole again with the very same authority.
+        let mut backup = kept.clone();
+        backup.metadata.resource_version = None;
+        backup.metadata.uid = None;
+        backup.metadata.creation_timestamp = None;
+        backup.metadata.managed_fields = None;
+        secrets
+            .create(&PostParams::default(), &backup)
+            .await
+            .unwrap();
+        wait_condition(&api, "l1", "Ready", "True", "Ready").await;
+        assert_eq!(secrets.get(name).await.unwrap().data, kept.data);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_reconcile_shows_degraded_never_ready() {
+    let (ns, _client, api) = ready_tenant(
+        "degraded",
+        "g1",
+        json!({"version": "v1.34.4", "replicas": 1}),
+    )
+    .await;
+    // A toleration the apiserver refuses: the Deployment cannot be applied.
+    api.patch(
+        "g1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"controlPlane": {"scheduling": {"tolerations": [{"key": "a", "operator": "Sometimes"}]}}}})),
+    )
+    .await
+    .unwrap();
+    wait_condition(&api, "g1", "Degraded", "True", "Rejected").await;
+    wait_condition(&api, "g1", "Ready", "False", "ReconcileFailed").await;
+    let events = harness().ground.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        &ns.name,
+        "--field-selector",
+        "type=Warning",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ]);
+    assert!(events.contains("Rejected"), "events: {events}");
+    api.patch(
+        "g1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"controlPlane": {"scheduling": {"tolerations": null}}}})),
+    )
+    .await
+    .unwrap();
+    wait_condition(&api, "g1", "Degraded", "False", "NoErrors").await;
+    wait_condition(&api, "g1", "Ready", "True", "Ready").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

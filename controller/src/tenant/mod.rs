@@ -1,9 +1,9 @@
 //! Bootstrap inside the tenant cluster: what `kubeadm init` leaves in a cluster so that nodes can
 //! `kubeadm join` it, plus the add-ons (CoreDNS, kube-proxy, konnectivity-agent). Pure builders;
-//! [`apply`] sends them to the tenant apiserver with server-side apply.
+//! [`apply::apply_and_prune`] sends them to the tenant apiserver and removes what is no longer
+//! wanted.
 
 use crate::api::TenantControlPlane;
-use crate::apply::apply;
 use crate::podspec::{field_env, restricted_container};
 use crate::{Error, Result};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec};
@@ -18,7 +18,6 @@ use k8s_openapi::api::rbac::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::Api;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -29,6 +28,11 @@ const KUBE_PUBLIC: &str = "kube-public";
 const COREDNS_VERSION: &str = "v1.12.1";
 const KONNECTIVITY_AGENT_VERSION: &str = "v0.33.0";
 const LABEL_MANAGED: (&str, &str) = ("app.kubernetes.io/managed-by", "orrery");
+/// Names the part of the tenant bootstrap an object belongs to (`bootstrap` or an add-on), so
+/// objects of a part switched off can be found and removed.
+pub const ADDON_LABEL: &str = "orrery.dev/addon";
+
+pub mod apply;
 
 /// Everything Orrery keeps inside one tenant cluster.
 #[derive(Clone, Debug, Default)]
@@ -42,6 +46,69 @@ pub struct TenantObjects {
     pub deployments: Vec<Deployment>,
     pub daemon_sets: Vec<DaemonSet>,
     pub services: Vec<Service>,
+}
+
+/// Calls `$f` with the metadata of every object of `$o`.
+macro_rules! each_meta {
+    ($o:expr, $f:expr) => {{
+        let f = $f;
+        $o.config_maps.iter_mut().for_each(|x| f(&mut x.metadata));
+        $o.service_accounts
+            .iter_mut()
+            .for_each(|x| f(&mut x.metadata));
+        $o.cluster_roles.iter_mut().for_each(|x| f(&mut x.metadata));
+        $o.cluster_role_bindings
+            .iter_mut()
+            .for_each(|x| f(&mut x.metadata));
+        $o.roles.iter_mut().for_each(|x| f(&mut x.metadata));
+        $o.role_bindings.iter_mut().for_each(|x| f(&mut x.metadata));
+        $o.deployments.iter_mut().for_each(|x| f(&mut x.metadata));
+        $o.daemon_sets.iter_mut().for_each(|x| f(&mut x.metadata));
+        $o.services.iter_mut().for_each(|x| f(&mut x.metadata));
+    }};
+}
+
+impl TenantObjects {
+    /// Labels every object as part of `addon`.
+    fn labelled(mut self, addon: &str) -> Self {
+        each_meta!(self, |m: &mut ObjectMeta| {
+            m.labels
+                .get_or_insert_with(Default::default)
+                .insert(ADDON_LABEL.to_string(), addon.to_string());
+        });
+        self
+    }
+
+    /// Moves every object of `other` into `self`.
+    fn extend(&mut self, other: TenantObjects) {
+        self.config_maps.extend(other.config_maps);
+        self.service_accounts.extend(other.service_accounts);
+        self.cluster_roles.extend(other.cluster_roles);
+        self.cluster_role_bindings
+            .extend(other.cluster_role_bindings);
+        self.roles.extend(other.roles);
+        self.role_bindings.extend(other.role_bindings);
+        self.deployments.extend(other.deployments);
+        self.daemon_sets.extend(other.daemon_sets);
+        self.services.extend(other.services);
+    }
+
+    /// How many objects there are.
+    pub fn len(&self) -> usize {
+        self.config_maps.len()
+            + self.service_accounts.len()
+            + self.cluster_roles.len()
+            + self.cluster_role_bindings.len()
+            + self.roles.len()
+            + self.role_bindings.len()
+            + self.deployments.len()
+            + self.daemon_sets.len()
+            + self.services.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// What the builders need besides the spec.
@@ -287,6 +354,7 @@ pub fn build(tcp: &TenantControlPlane, inputs: &BootstrapInputs) -> Result<Tenan
     o.roles.push(r);
     o.role_bindings.push(b);
 
+    let mut o = o.labelled("bootstrap");
     let addons = &spec.addons;
     let registry = inputs.image_registry.trim_end_matches('/');
     if addons.core_dns.enabled {
@@ -295,7 +363,9 @@ pub fn build(tcp: &TenantControlPlane, inputs: &BootstrapInputs) -> Result<Tenan
             .image
             .clone()
             .unwrap_or_else(|| format!("{registry}/coredns/coredns:{COREDNS_VERSION}"));
-        coredns(&mut o, &image, &dns_ip, &net.cluster_domain);
+        let mut part = TenantObjects::default();
+        coredns(&mut part, &image, &dns_ip, &net.cluster_domain);
+        o.extend(part.labelled("coredns"));
     }
     if addons.kube_proxy.enabled {
         let image = addons
@@ -303,18 +373,22 @@ pub fn build(tcp: &TenantControlPlane, inputs: &BootstrapInputs) -> Result<Tenan
             .image
             .clone()
             .unwrap_or_else(|| format!("{registry}/kube-proxy:{}", spec.version));
-        kube_proxy(&mut o, &image, &inputs.endpoint, &net.pod_cidr);
+        let mut part = TenantObjects::default();
+        kube_proxy(&mut part, &image, &inputs.endpoint, &net.pod_cidr);
+        o.extend(part.labelled("kube-proxy"));
     }
     if addons.konnectivity.enabled {
         let image = addons.konnectivity.image.clone().unwrap_or_else(|| {
             format!("{registry}/kas-network-proxy/proxy-agent:{KONNECTIVITY_AGENT_VERSION}")
         });
+        let mut part = TenantObjects::default();
         konnectivity_agent(
-            &mut o,
+            &mut part,
             &image,
             &inputs.endpoint,
             tcp.spec.network.konnectivity_port,
         );
+        o.extend(part.labelled("konnectivity-agent"));
     }
     Ok(o)
 }
@@ -682,37 +756,6 @@ fn konnectivity_agent(o: &mut TenantObjects, image: &str, endpoint: &str, port: 
         }),
         ..Default::default()
     });
-}
-
-/// Applies every object to the tenant cluster (server-side apply; drift is undone on the next
-/// reconcile). Cluster-scoped objects first, so bindings never point at missing roles for long.
-pub async fn apply_all(tenant: &kube::Client, objects: &TenantObjects) -> Result<usize> {
-    let mut n = 0;
-    macro_rules! each {
-        ($list:expr, $ty:ty, cluster) => {
-            for obj in &$list {
-                apply(&Api::<$ty>::all(tenant.clone()), obj).await?;
-                n += 1;
-            }
-        };
-        ($list:expr, $ty:ty) => {
-            for obj in &$list {
-                let ns = obj.metadata.namespace.as_deref().unwrap_or("default");
-                apply(&Api::<$ty>::namespaced(tenant.clone(), ns), obj).await?;
-                n += 1;
-            }
-        };
-    }
-    each!(objects.cluster_roles, ClusterRole, cluster);
-    each!(objects.cluster_role_bindings, ClusterRoleBinding, cluster);
-    each!(objects.service_accounts, ServiceAccount);
-    each!(objects.roles, Role);
-    each!(objects.role_bindings, RoleBinding);
-    each!(objects.config_maps, ConfigMap);
-    each!(objects.services, Service);
-    each!(objects.deployments, Deployment);
-    each!(objects.daemon_sets, DaemonSet);
-    Ok(n)
 }
 
 #[cfg(test)]

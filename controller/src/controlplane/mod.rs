@@ -1,0 +1,599 @@
+//! The TenantControlPlane controller. One reconcile is a pipeline:
+//! [`dereference`] (every read) → [`validate`] (pure) → [`desired`] (pure: PKI and objects, from
+//! the [`build`]ers) → apply (server-side apply that remembers and prunes, in the management
+//! cluster and in the tenant) → [`status`] (pure, written once when it changed).
+//!
+//! A reconcile of an unchanged tenant sends only no-op applies (the server keeps every
+//! resourceVersion) and writes no status. Deleting a tenant removes its children through owner
+//! references; the finalizer exists only for what the garbage collector cannot reach: the
+//! tenant's user, role and keys in etcd ([`cleanup`]).
+
+pub mod build;
+mod cleanup;
+pub mod dereference;
+pub mod desired;
+mod status;
+mod tenant;
+pub mod validate;
+
+pub use build::*;
+pub use cleanup::SKIP_CLEANUP_ANNOTATION;
+
+use crate::api::{DataStore, SecretRef, ServiceType, TenantControlPlane};
+use crate::apply::{MANAGED_BY, TENANT_LABEL};
+use crate::children::Children;
+use crate::conditions::{self, CERTIFICATES_READY, CONTROL_PLANE_AVAILABLE, DATASTORE_READY};
+use crate::context::Context;
+use crate::etcd;
+use crate::stop::{Blocked, Stop};
+use crate::{Error, Result};
+use desired::Exposure;
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use status::Tracker;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, instrument, warn};
+
+const CONTROLLER: &str = "tenantcontrolplane";
+/// Removes the tenant's etcd keys, user and role before the object goes.
+pub const CLEANUP_FINALIZER: &str = "orrery.dev/datastore-cleanup";
+/// Retry of a reconcile that failed unexpectedly.
+const FAILED_RETRY: Duration = Duration::from_secs(5);
+
+#[instrument(skip_all, fields(tenant = %tcp.name_any(), namespace = tcp.namespace().unwrap_or_default()))]
+async fn reconcile(tcp: Arc<TenantControlPlane>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = tcp.namespace().ok_or_else(|| Error::Invalid {
+        field: "metadata.namespace".into(),
+        reason: "TenantControlPlane is namespaced".into(),
+    })?;
+    let api = Api::<TenantControlPlane>::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, CLEANUP_FINALIZER, tcp, |event| async {
+        match event {
+            FinalizerEvent::Apply(tcp) => reconcile_tenant(tcp, ctx.clone()).await,
+            FinalizerEvent::Cleanup(tcp) => cleanup::cleanup(tcp, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// What a reconcile learnt besides the status: for Events and the next requeue.
+#[derive(Default)]
+struct Notes {
+    /// (item, why) of every certificate issued.
+    issued: Vec<(String, String)>,
+    /// When the next certificate enters its renewal window.
+    next_renewal: Option<SystemTime>,
+}
+
+/// Runs the pipeline, then finishes and writes the status and tells the user what they must
+/// know, in one place.
+async fn reconcile_tenant(tcp: Arc<TenantControlPlane>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started(CONTROLLER);
+    let mut tracker = Tracker::new(&tcp, Time(jiff::Timestamp::now()));
+    let was_ready = tracker.is_ready();
+    let mut notes = Notes::default();
+    let outcome = converge(&tcp, &ctx, &mut tracker, &mut notes).await;
+    let news = match &outcome {
+        Err(Stop::Blocked(b)) => tracker.block(b),
+        _ => false,
+    };
+    tracker.finish(&tcp.spec.version, &outcome, ctx.settings.tenant_access);
+    if tcp.status.as_ref() != Some(&tracker.status) {
+        let patch = serde_json::json!({ "status": tracker.status });
+        Api::<TenantControlPlane>::namespaced(
+            ctx.client.clone(),
+            &tcp.namespace().unwrap_or_default(),
+        )
+        .patch_status(
+            &tcp.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    }
+    tell(
+        &tcp,
+        &ctx,
+        &outcome,
+        news,
+        &notes,
+        was_ready && !tracker.is_ready(),
+        !was_ready && tracker.is_ready(),
+    )
+    .await;
+    match outcome {
+        Ok(()) => {
+            let wait = notes
+                .next_renewal
+                .and_then(|t| t.duration_since(SystemTime::now()).ok())
+                .map_or(ctx.settings.resync, |d| d.min(ctx.settings.resync));
+            Ok(Action::requeue(wait.max(Duration::from_secs(1))))
+        }
+        Err(Stop::Blocked(b)) => Ok(b.retry.map_or_else(Action::await_change, Action::requeue)),
+        Err(Stop::Failed(e)) => Err(e),
+    }
+}
+
+/// The Events of a reconcile: certificates issued, a new reason to be blocked, a failure (the
+/// recorder folds repeats into a series), and readiness gained or lost.
+async fn tell(
+    tcp: &TenantControlPlane,
+    ctx: &Context,
+    outcome: &Result<(), Stop>,
+    news: bool,
+    notes: &Notes,
+    lost_ready: bool,
+    became_ready: bool,
+) {
+    if !notes.issued.is_empty() {
+        let items: Vec<String> = notes
+            .issued
+            .iter()
+            .map(|(item, why)| format!("{item} ({why})"))
+            .collect();
+        info!(renewed = ?items, "certificates issued");
+        let note = format!("issued {}", items.join(", "));
+        ctx.event(
+            tcp,
+            EventType::Normal,
+            "CertificatesIssued",
+            "Reconcile",
+            note,
+        )
+        .await;
+    }
+    match outcome {
+        Err(Stop::Blocked(b)) if news => {
+            ctx.event(
+                tcp,
+                EventType::Warning,
+                b.reason,
+                "Reconcile",
+                b.message.clone(),
+            )
+            .await;
+        }
+        Err(stop @ Stop::Failed(_)) => {
+            ctx.metrics.reconcile_failed(CONTROLLER, stop.category());
+            ctx.event(
+                tcp,
+                EventType::Warning,
+                stop.category(),
+                "Reconcile",
+                format!("reconcile failed: {stop}"),
+            )
+            .await;
+        }
+        _ => {}
+    }
+    if became_ready {
+        let endpoint = tcp
+            .status
+            .as_ref()
+            .and_then(|s| s.endpoint.clone())
+            .unwrap_or_default();
+        let note = format!("tenant control plane is available at {endpoint}");
+        ctx.event(tcp, EventType::Normal, "Ready", "Reconcile", note)
+            .await;
+    } else if lost_ready {
+        ctx.event(
+            tcp,
+            EventType::Warning,
+            "NotReady",
+            "Reconcile",
+            "the tenant control plane is no longer Ready".into(),
+        )
+        .await;
+    }
+}
+
+/// The pipeline: dereference → validate → build → apply, keeping the status as it goes.
+async fn converge(
+    tcp: &TenantControlPlane,
+    ctx: &Context,
+    st: &mut Tracker,
+    notes: &mut Notes,
+) -> Result<(), Stop> {
+    let read = dereference::read(tcp, ctx).await?;
+    st.status.data_store = Some(read.datastore.clone());
+    validate::datastore(tcp, &read)?;
+    validate::authorities(tcp, &read)?;
+
+    let ns = tcp.namespace().unwrap_or_default();
+    let selector = format!(
+        "{}={},{TENANT_LABEL}={}",
+        MANAGED_BY.0,
+        MANAGED_BY.1,
+        tcp.name_any()
+    );
+    let mut children = Children::new(ctx.client.clone(), selector, tcp.uid());
+    // The Service first: its address goes into the certificates.
+    let service = children
+        .apply(&service_keeping_address(tcp, read.service.as_ref()))
+        .await?;
+    let exposure = exposure(tcp, &service).ok_or_else(|| {
+        Blocked::waiting(
+            CONTROL_PLANE_AVAILABLE,
+            "WaitingForEndpoint",
+            format!("Service {} has no address yet", Names::new(tcp).workload()),
+        )
+    })?;
+    st.status.endpoint = Some(exposure.endpoint.clone());
+
+    let desired = desired::desired(tcp, &ctx.settings, &read, &exposure, SystemTime::now())
+        .map_err(|e| {
+            Blocked::until_changed(
+                CERTIFICATES_READY,
+                "CertificateAuthorityInvalid",
+                e.to_string(),
+            )
+        })?;
+    children.apply_all(&desired.secrets).await?;
+    notes.issued = desired.pki.renewed.clone();
+    notes.next_renewal = desired.pki.next_renewal;
+    st.status.kubeconfig_secret_ref = Some(SecretRef {
+        name: Names::new(tcp).admin_kubeconfig(),
+        key: "kubeconfig".into(),
+    });
+    let message = if read.user_ca {
+        "certificates valid; CA provided by the user"
+    } else {
+        "certificates valid"
+    };
+    st.set(CERTIFICATES_READY, true, "Issued", message);
+
+    provision_in_datastore(tcp, ctx, &read, st).await?;
+
+    children.apply(&desired.config_map).await?;
+    let deployment = children.apply(&desired.deployment).await?;
+    children.apply(&desired.pod_disruption_budget).await?;
+    let ns = Some(ns.as_str());
+    children.prune::<Deployment>(ns).await?;
+    children.prune::<PodDisruptionBudget>(ns).await?;
+    children.prune::<ConfigMap>(ns).await?;
+    children.prune::<Service>(ns).await?;
+    children.prune::<Secret>(ns).await?;
+
+    let available = observe_deployment(tcp, &deployment, st);
+    if ctx.settings.tenant_access {
+        tenant::bootstrap(tcp, ctx, &desired.pki, &exposure.endpoint, available, st).await?;
+    }
+    Ok(())
+}
+
+/// The Service, asking for the address it had when it is made again (after a deletion), so the
+/// endpoint in every kubeconfig stays valid. A load balancer's address is not Orrery's to keep.
+fn service_keeping_address(tcp: &TenantControlPlane, current: Option<&Service>) -> Service {
+    let mut service = build::service(tcp);
+    let recorded = tcp
+        .status
+        .as_ref()
+        .and_then(|s| s.endpoint.as_deref())
+        .and_then(endpoint_host);
+    if current.is_none()
+        && tcp.spec.network.service_type != ServiceType::LoadBalancer
+        && let (Some(ip), Some(spec)) = (recorded, service.spec.as_mut())
+    {
+        spec.cluster_ip = Some(ip.to_string());
+    }
+    service
+}
+
+/// The IP of a `host:port` endpoint, if the host is one.
+fn endpoint_host(endpoint: &str) -> Option<IpAddr> {
+    let (host, _port) = endpoint.rsplit_once(':')?;
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
+}
+
+/// Gives the tenant its etcd user and role, limited to its prefix.
+async fn provision_in_datastore(
+    tcp: &TenantControlPlane,
+    ctx: &Context,
+    read: &dereference::Read,
+    st: &mut Tracker,
+) -> Result<(), Stop> {
+    let (ns, name) = (tcp.namespace().unwrap_or_default(), tcp.name_any());
+    let unreachable = |e: Error| {
+        Blocked::waiting(
+            DATASTORE_READY,
+            "DataStoreUnreachable",
+            format!("DataStore {}: {e}", read.datastore),
+        )
+    };
+    let mut client = ctx
+        .etcd
+        .client(&read.datastore, &read.connection)
+        .await
+        .map_err(unreachable)?;
+    if let Err(e) = etcd::ensure_tenant(&mut client, &ns, &name).await {
+        ctx.etcd.forget(&read.datastore);
+        return Err(unreachable(e).into());
+    }
+    let message = format!(
+        "etcd user {} limited to its prefix",
+        etcd::etcd_user(&ns, &name)
+    );
+    st.set(DATASTORE_READY, true, "TenantProvisioned", message);
+    Ok(())
+}
+
+/// Records the rollout and availability; returns whether a control-plane pod is available.
+fn observe_deployment(tcp: &TenantControlPlane, deployment: &Deployment, st: &mut Tracker) -> bool {
+    let want = tcp.spec.replicas;
+    let status = deployment.status.clone().unwrap_or_default();
+    let available = status.available_replicas.unwrap_or(0);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let current = status.observed_generation >= deployment.metadata.generation;
+    let rolled_out =
+        current && updated == want && available >= want && status.replicas.unwrap_or(0) == want;
+    if rolled_out {
+        st.status.version = Some(tcp.spec.version.clone());
+    }
+    let message = format!("{available}/{want} control-plane replicas available");
+    if available > 0 {
+        st.set(CONTROL_PLANE_AVAILABLE, true, "Available", message);
+    } else {
+        st.set(CONTROL_PLANE_AVAILABLE, false, "Unavailable", message);
+    }
+    available > 0
+}
+
+/// The host:port workers and users reach, and the Service's IPs, once the Service has them.
+pub fn exposure(tcp: &TenantControlPlane, service: &Service) -> Option<Exposure> {
+    let port = tcp.spec.network.port;
+    let spec = service.spec.as_ref()?;
+    let mut ips: Vec<IpAddr> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    let lb = service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    let lb_ips: Vec<IpAddr> = lb
+        .iter()
+        .flat_map(|i| i.iter())
+        .filter_map(|i| i.ip.as_ref()?.parse().ok())
+        .collect();
+    ips.splice(0..0, lb_ips.iter().copied());
+    let host = match tcp.spec.network.service_type {
+        ServiceType::LoadBalancer => {
+            let first = lb.and_then(|i| i.first())?;
+            first.ip.clone().or_else(|| first.hostname.clone())?
+        }
+        _ => spec.cluster_ip.clone().filter(|ip| ip != "None")?,
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    Some(Exposure {
+        endpoint: format!("{host}:{port}"),
+        service_ips: ips,
+    })
+}
+
+fn error_policy(tcp: Arc<TenantControlPlane>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(tenant = %tcp.name_any(), %error, "reconcile failed");
+    Action::requeue(FAILED_RETRY)
+}
+
+/// The tenants a DataStore change concerns: those that use it (or would, as the default) and
+/// are not yet provisioned in it. A tenant already running on it is not woken.
+fn tenants_waiting_on(
+    ds: &DataStore,
+    tenants: &reflector::Store<TenantControlPlane>,
+) -> Vec<ObjectRef<TenantControlPlane>> {
+    let name = ds.name_any();
+    let is_default = ds
+        .annotations()
+        .get(crate::datastore::DEFAULT_ANNOTATION)
+        .is_some_and(|v| v == "true");
+    tenants
+        .state()
+        .iter()
+        .filter(|t| {
+            let names = crate::datastore::status::datastore_names(t);
+            let concerned = names.contains(&name) || (names.is_empty() && is_default);
+            let provisioned = t
+                .status
+                .as_ref()
+                .is_some_and(|s| conditions::is_true(&s.conditions, DATASTORE_READY));
+            concerned && !provisioned
+        })
+        .map(|t| ObjectRef::from_obj(&**t))
+        .collect()
+}
+
+/// Changes of Orrery's children of kind `K`, watched by metadata only: a change wakes their
+/// owner, and no Secret data is held or even sent.
+fn owned<K>(
+    client: &kube::Client,
+) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let children = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
+    watcher(Api::<PartialObjectMeta<K>>::all(client.clone()), children).touched_objects()
+}
+
+/// Runs the TenantControlPlane controller until `shutdown` is cancelled. It feeds the tenant store.
+pub fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> BoxFuture<'static, ()> {
+    run_with_trigger(ctx, shutdown, futures::stream::pending())
+}
+
+/// Like [`run`], and every item of `reconcile_all` reconciles every tenant once more (tests use it
+/// to check that an unchanged tenant causes no writes).
+pub fn run_with_trigger(
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+    reconcile_all: impl Stream<Item = ()> + Send + 'static,
+) -> BoxFuture<'static, ()> {
+    let client = ctx.client.clone();
+    let writer = ctx.stores.take_tenants_writer();
+    let reader = writer.as_reader();
+    let tenants = reflector::reflector(
+        writer,
+        watcher(
+            Api::<TenantControlPlane>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .applied_objects();
+    let store = reader.clone();
+    Controller::for_stream(tenants, reader)
+        .owns_stream(owned::<Deployment>(&client))
+        .owns_stream(owned::<Service>(&client))
+        .owns_stream(owned::<Secret>(&client))
+        .owns_stream(owned::<ConfigMap>(&client))
+        .owns_stream(owned::<PodDisruptionBudget>(&client))
+        .watches(
+            Api::<DataStore>::all(client),
+            watcher::Config::default(),
+            move |ds| tenants_waiting_on(&ds, &store),
+        )
+        .reconcile_all_on(reconcile_all)
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        LoadBalancerIngress, LoadBalancerStatus, ServiceSpec, ServiceStatus,
+    };
+
+    fn tcp(yaml: &str) -> TenantControlPlane {
+        let mut t = TenantControlPlane::new("t1", serde_yaml_ng::from_str(yaml).unwrap());
+        t.metadata.namespace = Some("ns".into());
+        t.metadata.uid = Some("uid-1".into());
+        t
+    }
+
+    fn svc(cluster_ip: Option<&str>, lb: Option<LoadBalancerIngress>) -> Service {
+        Service {
+            spec: Some(ServiceSpec {
+                cluster_ip: cluster_ip.map(Into::into),
+                cluster_ips: cluster_ip.map(|ip| vec![ip.into()]),
+                ..Default::default()
+            }),
+            status: lb.map(|i| ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(vec![i]),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn endpoint_follows_the_service_type() {
+        let cluster = tcp("version: v1.34.4");
+        assert_eq!(exposure(&cluster, &svc(None, None)), None);
+        let e = exposure(&cluster, &svc(Some("10.96.1.2"), None)).unwrap();
+        assert_eq!(e.endpoint, "10.96.1.2:6443");
+        assert_eq!(e.service_ips, vec!["10.96.1.2".parse::<IpAddr>().unwrap()]);
+
+        let lb = tcp("version: v1.34.4\nnetwork:\n  serviceType: LoadBalancer\n  port: 443\n");
+        assert_eq!(
+            exposure(&lb, &svc(Some("10.96.1.2"), None)),
+            None,
+            "LoadBalancer pending"
+        );
+        let ingress = LoadBalancerIngress {
+            ip: Some("192.0.2.7".into()),
+            ..Default::default()
+        };
+        let e = exposure(&lb, &svc(Some("10.96.1.2"), Some(ingress))).unwrap();
+        assert_eq!(e.endpoint, "192.0.2.7:443");
+        assert_eq!(e.service_ips.len(), 2);
+        let v6 = tcp("version: v1.34.4");
+        assert_eq!(
+            exposure(&v6, &svc(Some("fd00::1"), None)).unwrap().endpoint,
+            "[fd00::1]:6443"
+        );
+    }
+
+    #[test]
+    fn a_service_made_again_asks_for_its_old_address() {
+        let mut t = tcp("version: v1.34.4");
+        assert_eq!(
+            service_keeping_address(&t, None).spec.unwrap().cluster_ip,
+            None,
+            "first creation"
+        );
+        t.status = Some(crate::api::TenantControlPlaneStatus {
+            endpoint: Some("10.96.7.8:6443".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            service_keeping_address(&t, None)
+                .spec
+                .unwrap()
+                .cluster_ip
+                .as_deref(),
+            Some("10.96.7.8")
+        );
+        let existing = svc(Some("10.96.7.8"), None);
+        assert_eq!(
+            service_keeping_address(&t, Some(&existing))
+                .spec
+                .unwrap()
+                .cluster_ip,
+            None,
+            "never touched once it exists"
+        );
+        t.status.as_mut().unwrap().endpoint = Some("[fd00::5]:6443".into());
+        assert_eq!(
+            service_keeping_address(&t, None)
+                .spec
+                .unwrap()
+                .cluster_ip
+                .as_deref(),
+            Some("fd00::5")
+        );
+        let mut lb = tcp("version: v1.34.4\nnetwork:\n  serviceType: LoadBalancer\n");
+        lb.status = t.status.clone();
+        assert_eq!(
+            service_keeping_address(&lb, None).spec.unwrap().cluster_ip,
+            None
+        );
+    }
+}

@@ -1,0 +1,57 @@
+//! Sends the tenant objects to the tenant apiserver and removes the ones no longer wanted.
+
+use super::{ADDON_LABEL, LABEL_MANAGED, TenantObjects};
+use crate::Result;
+use crate::children::Children;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use std::time::Duration;
+
+/// A client for the tenant apiserver from the admin kubeconfig, with short timeouts so an
+/// unreachable tenant does not hold a reconcile.
+pub async fn client(kubeconfig: &str) -> Result<kube::Client> {
+    let invalid = |e: &dyn std::fmt::Display| crate::Error::Invalid {
+        field: "admin kubeconfig".into(),
+        reason: e.to_string(),
+    };
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(kubeconfig).map_err(|e| invalid(&e))?;
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .map_err(|e| invalid(&e))?;
+    config.connect_timeout = Some(Duration::from_secs(3));
+    config.read_timeout = Some(Duration::from_secs(10));
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Applies every object (server-side apply; drift is undone on the next reconcile), cluster-scoped
+/// ones first so bindings never point at missing roles for long; then deletes the objects of a
+/// part that is switched off. Returns how many objects are in place and how many were removed.
+pub async fn apply_and_prune(
+    tenant: &kube::Client,
+    objects: &TenantObjects,
+) -> Result<(usize, usize)> {
+    let selector = format!("{}={},{ADDON_LABEL}", LABEL_MANAGED.0, LABEL_MANAGED.1);
+    let mut children = Children::new(tenant.clone(), selector, None);
+    children.apply_all(&objects.cluster_roles).await?;
+    children.apply_all(&objects.cluster_role_bindings).await?;
+    children.apply_all(&objects.service_accounts).await?;
+    children.apply_all(&objects.roles).await?;
+    children.apply_all(&objects.role_bindings).await?;
+    children.apply_all(&objects.config_maps).await?;
+    children.apply_all(&objects.services).await?;
+    children.apply_all(&objects.deployments).await?;
+    children.apply_all(&objects.daemon_sets).await?;
+    // Workloads first, so nothing runs on with its permissions gone.
+    let mut pruned = 0;
+    pruned += children.prune::<DaemonSet>(None).await?.len();
+    pruned += children.prune::<Deployment>(None).await?.len();
+    pruned += children.prune::<Service>(None).await?.len();
+    pruned += children.prune::<ConfigMap>(None).await?.len();
+    pruned += children.prune::<RoleBinding>(None).await?.len();
+    pruned += children.prune::<Role>(None).await?.len();
+    pruned += children.prune::<ServiceAccount>(None).await?.len();
+    pruned += children.prune::<ClusterRoleBinding>(None).await?.len();
+    pruned += children.prune::<ClusterRole>(None).await?.len();
+    Ok((children.len(), pruned))
+}
