@@ -1,8 +1,7 @@
-//! Just enough DER and PEM to read the private keys people actually have and to fix the names in
-//! a certificate rcgen cannot express; no general ASN.1 here.
+//! Just enough DER to read the private keys people actually have and to fix the names in a
+//! certificate rcgen cannot express; no general ASN.1 here. PEM itself is the `pem` crate's.
 
 use rcgen::{KeyPair, SigningKey};
-use x509_parser::pem::Pem;
 
 /// OID 1.2.840.10045.2.1 (id-ecPublicKey), DER encoded.
 const OID_EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
@@ -23,7 +22,7 @@ const TAG_SEQUENCE: u8 = 0x30;
 const TAG_SET: u8 = 0x31;
 
 /// One DER element: tag, definite length, content.
-pub(super) fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(content.len() + 6);
     out.push(tag);
     let len = content.len();
@@ -56,50 +55,24 @@ fn header(buf: &[u8]) -> Option<(usize, usize)> {
     Some((2 + n, len))
 }
 
-/// Standard base64 with padding (kubeconfig `*-data` fields and PEM bodies).
-pub(super) fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b1 = chunk.get(1).copied().unwrap_or(0);
-        let b2 = chunk.get(2).copied().unwrap_or(0);
-        let n = (u32::from(chunk[0]) << 16) | (u32::from(b1) << 8) | u32::from(b2);
-        let sextet = |shift: u32| ALPHABET[((n >> shift) & 63) as usize] as char;
-        out.push(sextet(18));
-        out.push(sextet(12));
-        out.push(if chunk.len() > 1 { sextet(6) } else { '=' });
-        out.push(if chunk.len() > 2 { sextet(0) } else { '=' });
-    }
-    out
+/// PEM text with 64-column lines and `\n` line ends, as openssl and Go write it.
+pub(super) fn to_pem(label: &str, der: &[u8]) -> String {
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new(label, der), config)
 }
 
-/// PEM text with 64-column lines, as openssl and Go write it.
-pub(super) fn pem(label: &str, der: &[u8]) -> String {
-    let body = base64(der);
-    let mut out = String::with_capacity(body.len() + body.len() / 64 + 2 * label.len() + 40);
-    out.push_str("-----BEGIN ");
-    out.push_str(label);
-    out.push_str("-----\n");
-    for line in body.as_bytes().chunks(64) {
-        // base64 output is ASCII, so any split is valid UTF-8.
-        out.push_str(std::str::from_utf8(line).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str("-----END ");
-    out.push_str(label);
-    out.push_str("-----\n");
-    out
+/// Every PEM block in `text`, decoded; text around the blocks is ignored.
+fn blocks(text: &str) -> Result<Vec<pem::Pem>, String> {
+    pem::parse_many(text).map_err(|e| format!("invalid PEM: {e}"))
 }
 
 /// DER of the first block labelled `label` in `text`.
 pub(super) fn first_block(text: &str, label: &str) -> Result<Vec<u8>, String> {
-    for block in Pem::iter_from_buffer(text.as_bytes()) {
-        let block = block.map_err(|e| format!("invalid PEM: {e}"))?;
-        if block.label == label {
-            return Ok(block.contents);
-        }
-    }
-    Err(format!("no PEM block {label:?} found"))
+    blocks(text)?
+        .into_iter()
+        .find(|block| block.tag() == label)
+        .map(pem::Pem::into_contents)
+        .ok_or_else(|| format!("no PEM block {label:?} found"))
 }
 
 /// Parses a private key in any of the forms `openssl` writes: PKCS#8 (`PRIVATE KEY`), SEC1
@@ -107,11 +80,10 @@ pub(super) fn first_block(text: &str, label: &str) -> Result<Vec<u8>, String> {
 /// ring only reads PKCS#8, so the other two are wrapped into PKCS#8 first; that way a user who
 /// brings their own CA does not have to convert its key.
 pub(super) fn parse_private_key(text: &str) -> Result<KeyPair, String> {
-    for block in Pem::iter_from_buffer(text.as_bytes()) {
-        let block = block.map_err(|e| format!("invalid PEM: {e}"))?;
-        match block.label.as_str() {
+    for block in blocks(text)? {
+        match block.tag() {
             "PRIVATE KEY" => {
-                return KeyPair::try_from(block.contents.as_slice())
+                return KeyPair::try_from(block.contents())
                     .map_err(|e| format!("unsupported or corrupt PKCS#8 key: {e}"));
             }
             "EC PRIVATE KEY" => {
@@ -121,12 +93,12 @@ pub(super) fn parse_private_key(text: &str) -> Result<KeyPair, String> {
                     .iter()
                     .find_map(|curve| {
                         let alg = tlv(TAG_SEQUENCE, &[OID_EC_PUBLIC_KEY, curve].concat());
-                        KeyPair::try_from(pkcs8(&alg, &block.contents)).ok()
+                        KeyPair::try_from(pkcs8(&alg, block.contents())).ok()
                     })
                     .ok_or_else(|| "EC key is corrupt or not on P-256 / P-384".to_string());
             }
             "RSA PRIVATE KEY" => {
-                return KeyPair::try_from(pkcs8(ALG_RSA, &block.contents))
+                return KeyPair::try_from(pkcs8(ALG_RSA, block.contents()))
                     .map_err(|e| format!("unsupported or corrupt RSA key: {e}"));
             }
             "EC PARAMETERS" => continue,

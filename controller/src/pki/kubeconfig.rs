@@ -1,60 +1,13 @@
-//! Kubeconfig files with embedded credentials, rendered from typed structs so that the same
-//! inputs always give the same bytes (a re-apply of an unchanged Secret is then a no-op).
+//! Kubeconfig files with embedded credentials, built as kube's own [`Kubeconfig`] so that the
+//! same inputs always give the same bytes (a re-apply of an unchanged Secret is then a no-op).
 
-use serde::Serialize;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use kube::config::{
+    AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext,
+};
 
 use super::PkiError;
-use super::der::base64;
-
-#[derive(Serialize)]
-#[serde(rename_all = "kebab-case")]
-struct Kubeconfig<'a> {
-    #[serde(rename = "apiVersion")]
-    api_version: &'a str,
-    kind: &'a str,
-    clusters: [NamedCluster<'a>; 1],
-    contexts: [NamedContext<'a>; 1],
-    current_context: &'a str,
-    users: [NamedUser<'a>; 1],
-}
-
-#[derive(Serialize)]
-struct NamedCluster<'a> {
-    name: &'a str,
-    cluster: Cluster<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "kebab-case")]
-struct Cluster<'a> {
-    certificate_authority_data: String,
-    server: &'a str,
-}
-
-#[derive(Serialize)]
-struct NamedContext<'a> {
-    name: &'a str,
-    context: Context<'a>,
-}
-
-#[derive(Serialize)]
-struct Context<'a> {
-    cluster: &'a str,
-    user: &'a str,
-}
-
-#[derive(Serialize)]
-struct NamedUser<'a> {
-    name: &'a str,
-    user: User,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "kebab-case")]
-struct User {
-    client_certificate_data: String,
-    client_key_data: String,
-}
 
 /// What goes into one kubeconfig.
 pub(super) struct KubeconfigInput<'a> {
@@ -71,30 +24,38 @@ pub(super) struct KubeconfigInput<'a> {
 pub(super) fn render(input: &KubeconfigInput<'_>) -> Result<String, PkiError> {
     let context = format!("{}@{}", input.user, input.cluster);
     let config = Kubeconfig {
-        api_version: "v1",
-        kind: "Config",
-        clusters: [NamedCluster {
-            name: input.cluster,
-            cluster: Cluster {
-                certificate_authority_data: base64(input.ca_pem.as_bytes()),
-                server: input.server,
-            },
+        api_version: Some("v1".into()),
+        kind: Some("Config".into()),
+        clusters: vec![NamedCluster {
+            name: input.cluster.into(),
+            cluster: Some(Cluster {
+                server: Some(input.server.into()),
+                certificate_authority_data: Some(STANDARD.encode(input.ca_pem)),
+                ..Cluster::default()
+            }),
+            ..NamedCluster::default()
         }],
-        contexts: [NamedContext {
-            name: &context,
-            context: Context {
-                cluster: input.cluster,
-                user: input.user,
-            },
+        contexts: vec![NamedContext {
+            name: context.clone(),
+            context: Some(Context {
+                cluster: input.cluster.into(),
+                user: Some(input.user.into()),
+                ..Context::default()
+            }),
+            ..NamedContext::default()
         }],
-        current_context: &context,
-        users: [NamedUser {
-            name: input.user,
-            user: User {
-                client_certificate_data: base64(input.cert_pem.as_bytes()),
-                client_key_data: base64(input.key_pem.as_bytes()),
-            },
+        current_context: Some(context),
+        auth_infos: vec![NamedAuthInfo {
+            name: input.user.into(),
+            auth_info: Some(AuthInfo {
+                client_certificate_data: Some(STANDARD.encode(input.cert_pem)),
+                // kube serialises the secret in the clear: that is what a kubeconfig carries.
+                client_key_data: Some(STANDARD.encode(input.key_pem).into()),
+                ..AuthInfo::default()
+            }),
+            ..NamedAuthInfo::default()
         }],
+        ..Kubeconfig::default()
     };
     serde_yaml_ng::to_string(&config).map_err(|e| PkiError::Kubeconfig {
         user: input.user.to_string(),

@@ -597,7 +597,7 @@ impl LoadedCa {
             let fixed =
                 der::rewrite_names(cert.der(), issuer, subject.as_deref(), self.issuer.key())
                     .map_err(failed)?;
-            der::pem("CERTIFICATE", &fixed)
+            der::to_pem("CERTIFICATE", &fixed)
         };
         Ok((
             KeyPairPem {

@@ -210,24 +210,10 @@ fn validity_of(cert: &str) -> (SystemTime, SystemTime) {
 }
 
 fn base64_decode(text: &str) -> Vec<u8> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => panic!("not base64: {c}"),
-    };
-    let bytes: Vec<u8> = text.bytes().filter(|c| *c != b'=').map(value).collect();
-    let mut out = Vec::new();
-    for chunk in bytes.chunks(4) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, v)| n | (u32::from(*v) << (18 - 6 * i)));
-        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
-    }
-    out
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap_or_else(|e| panic!("not base64: {e}"))
 }
 
 fn approx(a: SystemTime, b: SystemTime, tolerance: Duration) -> bool {
@@ -1032,6 +1018,63 @@ fn kubeconfigs_parse_point_at_the_right_server_and_verify() {
     let again = reconcile_pki(&spec(), &as_current(&d), datastore_ca(), now()).unwrap();
     assert_eq!(again.admin_kubeconfig, d.admin_kubeconfig);
     assert_eq!(again.component_kubeconfigs, d.component_kubeconfigs);
+}
+
+/// kube reads back what was written, and can build a TLS client from it.
+#[tokio::test]
+async fn kubeconfigs_round_trip_through_kube() {
+    let d = fresh(&spec(), now());
+    let cases = [
+        (
+            &d.admin_kubeconfig[ADMIN_KUBECONFIG],
+            ADMIN,
+            "https://203.0.113.5:6443",
+        ),
+        (
+            &d.component_kubeconfigs[CONTROLLER_MANAGER_CONF],
+            CONTROLLER_MANAGER,
+            "https://127.0.0.1:6443",
+        ),
+        (
+            &d.component_kubeconfigs[SCHEDULER_CONF],
+            SCHEDULER,
+            "https://127.0.0.1:6443",
+        ),
+        (
+            &d.component_kubeconfigs[KONNECTIVITY_SERVER_CONF],
+            KONNECTIVITY_SERVER,
+            "https://127.0.0.1:6443",
+        ),
+    ];
+    for (text, leaf, server) in cases {
+        let k = kube::config::Kubeconfig::from_yaml(text).unwrap();
+        let [cluster] = k.clusters.as_slice() else {
+            panic!("{leaf}: expected one cluster, got {:?}", k.clusters);
+        };
+        let cluster = cluster.cluster.as_ref().unwrap();
+        assert_eq!(cluster.server.as_deref(), Some(server), "{leaf}");
+        let ca = base64_decode(cluster.certificate_authority_data.as_deref().unwrap());
+        assert_eq!(ca, d.certs[CA_CRT].as_bytes(), "{leaf}");
+        let [user] = k.auth_infos.as_slice() else {
+            panic!("{leaf}: expected one user");
+        };
+        // The key is a secrecy::SecretString; its serialised form is what a file would hold.
+        let user = serde_json::to_value(user.auth_info.as_ref().unwrap()).unwrap();
+        let data = |field: &str| base64_decode(user[field].as_str().unwrap());
+        let cert = data("client-certificate-data");
+        let key = data("client-key-data");
+        assert_eq!(cert, d.certs[&format!("{leaf}.crt")].as_bytes(), "{leaf}");
+        assert_eq!(key, d.certs[&format!("{leaf}.key")].as_bytes(), "{leaf}");
+
+        let config = kube::Config::from_custom_kubeconfig(k, &Default::default())
+            .await
+            .unwrap_or_else(|e| panic!("{leaf}: {e}"));
+        assert_eq!(config.cluster_url.to_string(), format!("{server}/"));
+        let ca_der = der::first_block(&d.certs[CA_CRT], "CERTIFICATE").unwrap();
+        assert_eq!(config.root_cert, Some(vec![ca_der]), "{leaf}");
+        // Building the client parses the certificate and key into rustls.
+        kube::Client::try_from(config).unwrap_or_else(|e| panic!("{leaf}: {e}"));
+    }
 }
 
 #[test]
