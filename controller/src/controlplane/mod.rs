@@ -19,10 +19,12 @@ pub mod validate;
 pub use build::*;
 pub use cleanup::SKIP_CLEANUP_ANNOTATION;
 
-use crate::api::{DataStore, SecretRef, ServiceType, TenantControlPlane};
+use crate::api::{DataStore, SecretRef, ServiceType, TenantControlPlane, TenantControlPlaneStatus};
 use crate::apply::{MANAGED_BY, TENANT_LABEL};
 use crate::children::Children;
-use crate::conditions::{self, CERTIFICATES_READY, CONTROL_PLANE_AVAILABLE, DATASTORE_READY};
+use crate::conditions::{
+    self, CERTIFICATES_READY, CONTROL_PLANE_AVAILABLE, DATASTORE_READY, READY,
+};
 use crate::context::Context;
 use crate::etcd;
 use crate::stop::{Blocked, Stop};
@@ -75,6 +77,10 @@ async fn reconcile(tcp: Arc<TenantControlPlane>, ctx: Arc<Context>) -> Result<Ac
 /// What a reconcile learnt besides the status: for Events and the next requeue.
 #[derive(Default)]
 struct Notes {
+    /// Ready before this reconcile.
+    was_ready: bool,
+    /// The reconcile is blocked for a reason not already shown.
+    news: bool,
     /// (item, why) of every certificate issued.
     issued: Vec<(String, String)>,
     /// When the next certificate enters its renewal window.
@@ -86,13 +92,14 @@ struct Notes {
 async fn reconcile_tenant(tcp: Arc<TenantControlPlane>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started(CONTROLLER);
     let mut tracker = Tracker::new(&tcp, Time(jiff::Timestamp::now()));
-    let was_ready = tracker.is_ready();
-    let mut notes = Notes::default();
-    let outcome = converge(&tcp, &ctx, &mut tracker, &mut notes).await;
-    let news = match &outcome {
-        Err(Stop::Blocked(b)) => tracker.block(b),
-        _ => false,
+    let mut notes = Notes {
+        was_ready: tracker.is_ready(),
+        ..Notes::default()
     };
+    let outcome = converge(&tcp, &ctx, &mut tracker, &mut notes).await;
+    if let Err(Stop::Blocked(b)) = &outcome {
+        notes.news = tracker.block(b);
+    }
     tracker.finish(&tcp.spec.version, &outcome, ctx.settings.tenant_access);
     if tcp.status.as_ref() != Some(&tracker.status) {
         let patch = serde_json::json!({ "status": tracker.status });
@@ -107,16 +114,7 @@ async fn reconcile_tenant(tcp: Arc<TenantControlPlane>, ctx: Arc<Context>) -> Re
         )
         .await?;
     }
-    tell(
-        &tcp,
-        &ctx,
-        &outcome,
-        news,
-        &notes,
-        was_ready && !tracker.is_ready(),
-        !was_ready && tracker.is_ready(),
-    )
-    .await;
+    tell(&tcp, &ctx, &outcome, &notes, &tracker.status).await;
     match outcome {
         Ok(()) => {
             let wait = notes
@@ -136,10 +134,8 @@ async fn tell(
     tcp: &TenantControlPlane,
     ctx: &Context,
     outcome: &Result<(), Stop>,
-    news: bool,
     notes: &Notes,
-    lost_ready: bool,
-    became_ready: bool,
+    status: &TenantControlPlaneStatus,
 ) {
     if !notes.issued.is_empty() {
         let items: Vec<String> = notes
@@ -159,7 +155,7 @@ async fn tell(
         .await;
     }
     match outcome {
-        Err(Stop::Blocked(b)) if news => {
+        Err(Stop::Blocked(b)) if notes.news => {
             ctx.event(
                 tcp,
                 EventType::Warning,
@@ -170,7 +166,6 @@ async fn tell(
             .await;
         }
         Err(stop @ Stop::Failed(_)) => {
-            ctx.metrics.reconcile_failed(CONTROLLER, stop.category());
             ctx.event(
                 tcp,
                 EventType::Warning,
@@ -182,24 +177,16 @@ async fn tell(
         }
         _ => {}
     }
-    if became_ready {
-        let endpoint = tcp
-            .status
-            .as_ref()
-            .and_then(|s| s.endpoint.clone())
-            .unwrap_or_default();
+    let ready = conditions::is_true(&status.conditions, READY);
+    if ready && !notes.was_ready {
+        let endpoint = status.endpoint.clone().unwrap_or_default();
         let note = format!("tenant control plane is available at {endpoint}");
         ctx.event(tcp, EventType::Normal, "Ready", "Reconcile", note)
             .await;
-    } else if lost_ready {
-        ctx.event(
-            tcp,
-            EventType::Warning,
-            "NotReady",
-            "Reconcile",
-            "the tenant control plane is no longer Ready".into(),
-        )
-        .await;
+    } else if notes.was_ready && !ready {
+        let note = "the tenant control plane is no longer Ready".to_string();
+        ctx.event(tcp, EventType::Warning, "NotReady", "Reconcile", note)
+            .await;
     }
 }
 
@@ -396,8 +383,9 @@ pub fn exposure(tcp: &TenantControlPlane, service: &Service) -> Option<Exposure>
     })
 }
 
-fn error_policy(tcp: Arc<TenantControlPlane>, error: &Error, _ctx: Arc<Context>) -> Action {
+fn error_policy(tcp: Arc<TenantControlPlane>, error: &Error, ctx: Arc<Context>) -> Action {
     warn!(tenant = %tcp.name_any(), %error, "reconcile failed");
+    ctx.metrics.reconcile_failed(CONTROLLER, error.category());
     Action::requeue(FAILED_RETRY)
 }
 
