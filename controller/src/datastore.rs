@@ -957,7 +957,7 @@ async fn remove_finalizer(api: &Api<DataStore>, ds: &DataStore) -> Result<()> {
 
 fn error_policy(_ds: Arc<DataStore>, error: &Error, ctx: Arc<Context>) -> Action {
     warn!(%error, "DataStore reconcile failed");
-    ctx.metrics.reconcile_failed(CONTROLLER, error);
+    ctx.metrics.reconcile_failed(CONTROLLER, error.kind());
     Action::requeue(Duration::from_secs(5))
 }
 

@@ -4,7 +4,7 @@
 //! (certificates and kubeconfigs, pure), `datastore` (etcd for tenants), `controlplane` (the
 //! tenant control-plane objects, pure builders), `reconcile` (the TenantControlPlane controller),
 //! `conditions` (status conditions), `apply` (server-side apply of children), `metrics` and
-//! `operator` (the `orrery controller` process).
+//! `runtime` (the `orrery` process: command line, client, leader election, supervisor).
 
 pub mod api;
 pub mod apply;
@@ -16,13 +16,40 @@ pub mod datastore;
 pub mod error;
 pub mod hash;
 pub mod metrics;
-pub mod operator;
 pub mod pki;
 pub mod podspec;
 pub mod reconcile;
+pub mod runtime;
 pub mod tenant;
 
 pub use error::{Error, Result};
+
+/// A controller as the supervisor runs it: until `shutdown` is cancelled.
+pub type RunController = fn(
+    std::sync::Arc<context::Context>,
+    tokio_util::sync::CancellationToken,
+) -> futures::future::BoxFuture<'static, ()>;
+
+/// Every controller the operator runs. Adding a controller is one line here.
+pub const CONTROLLERS: &[(&str, RunController)] = &[
+    ("tenantcontrolplane", run_tenantcontrolplane),
+    ("datastore", run_datastore),
+];
+
+// Adapters from today's `run(ctx, shutdown: impl Future)` of each controller to `RunController`.
+fn run_tenantcontrolplane(
+    ctx: std::sync::Arc<context::Context>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> futures::future::BoxFuture<'static, ()> {
+    Box::pin(reconcile::run(ctx, shutdown.cancelled_owned()))
+}
+
+fn run_datastore(
+    ctx: std::sync::Arc<context::Context>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> futures::future::BoxFuture<'static, ()> {
+    Box::pin(datastore::run(ctx, shutdown.cancelled_owned()))
+}
 
 /// The one field manager Orrery uses for server-side apply.
 pub const FIELD_MANAGER: &str = "orrery";

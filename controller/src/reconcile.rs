@@ -733,7 +733,7 @@ async fn cleanup(tcp: Arc<TenantControlPlane>, ctx: Arc<Context>) -> Result<Acti
 
 fn error_policy(tcp: Arc<TenantControlPlane>, error: &Error, ctx: Arc<Context>) -> Action {
     warn!(tenant = %tcp.name_any(), %error, "reconcile failed");
-    ctx.metrics.reconcile_failed(CONTROLLER, error);
+    ctx.metrics.reconcile_failed(CONTROLLER, error.kind());
     Action::requeue(RETRY)
 }
 
