@@ -4,7 +4,7 @@
 //! (certificates and kubeconfigs, pure), `datastore` (etcd for tenants), `controlplane` (the
 //! tenant control-plane objects, pure builders), `reconcile` (the TenantControlPlane controller),
 //! `conditions` (status conditions), `apply` (server-side apply of children), `metrics` and
-//! `operator` (the `orrery controller` process).
+//! `runtime` (the `orrery` process: command line, client, leader election, supervisor).
 
 pub mod api;
 pub mod apply;
@@ -18,14 +18,25 @@ pub mod error;
 pub mod etcd;
 pub mod hash;
 pub mod metrics;
-pub mod operator;
 pub mod pki;
 pub mod podspec;
+pub mod runtime;
 pub mod stop;
-
 pub mod tenant;
 
 pub use error::{Error, Result};
+
+/// A controller as the supervisor runs it: until `shutdown` is cancelled.
+pub type RunController = fn(
+    std::sync::Arc<context::Context>,
+    tokio_util::sync::CancellationToken,
+) -> futures::future::BoxFuture<'static, ()>;
+
+/// Every controller the operator runs. Adding a controller is one line here.
+pub const CONTROLLERS: &[(&str, RunController)] = &[
+    ("tenantcontrolplane", controlplane::run),
+    ("datastore", datastore::run),
+];
 
 /// The one field manager Orrery uses for server-side apply.
 pub const FIELD_MANAGER: &str = "orrery";

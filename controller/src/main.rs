@@ -1,5 +1,5 @@
-//! `orrery`: the CRD printer and the controller process (see [`orrery::operator`]).
+//! `orrery`: the CRD printer and the controller process (see [`orrery::runtime`]).
 
 fn main() -> std::process::ExitCode {
-    orrery::operator::main()
+    orrery::runtime::main()
 }

@@ -3,14 +3,17 @@
 //! | metric | labels | meaning |
 //! | --- | --- | --- |
 //! | `orrery_reconcile_total` | `controller` | reconciliations started |
-//! | `orrery_reconcile_errors_total` | `controller`, `error` | reconciliations that failed, by [`crate::Error::kind`] |
+//! | `orrery_reconcile_errors_total` | `controller`, `error` | reconciliations that failed, by error category (e.g. [`crate::Error::category`]) |
 //! | `orrery_reconcile_duration_seconds` | `controller` | how long reconciliations took, failed ones included |
+//! | `orrery_kube_requests_total` | `verb`, `resource`, `code` | requests of the operator's kube client (see [`crate::runtime::client`]): `verb` as the apiserver names it (`get`, `list`, `watch`, `create`, `update`, `patch`, `delete`, `deletecollection`), `resource` the plural with any subresource (`tenantcontrolplanes/status`), `code` the HTTP status or `error` when no response came |
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 /// Upper bounds of the duration histogram: 1 ms, 2 ms, 4 ms, … 65.5 s (17 buckets), which covers
@@ -34,6 +37,19 @@ struct ErrorLabels {
     error: &'static str,
 }
 
+/// The labels of one series of `orrery_kube_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct KubeRequest {
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete` or `deletecollection`; the
+    /// lowercase HTTP method for paths that name no resource (`/version`).
+    pub verb: &'static str,
+    /// The plural resource with any subresource (`secrets`, `tenantcontrolplanes/status`), or the
+    /// path when it names no resource.
+    pub resource: String,
+    /// The HTTP status code, or `error` when no response came (transport error, timeout).
+    pub code: String,
+}
+
 /// The controllers' metrics. [`Metrics::new`] registers them in a registry; [`Default`] makes an
 /// unregistered set (for tests, or a process that exports nothing).
 #[derive(Clone, Debug)]
@@ -41,6 +57,9 @@ pub struct Metrics {
     reconciles: Family<ControllerLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     durations: Family<ControllerLabels, Histogram, fn() -> Histogram>,
+    kube_requests: Family<KubeRequest, Counter>,
+    /// Every label set `kube_requests` has, since a family cannot list its series.
+    kube_request_series: Arc<Mutex<BTreeSet<KubeRequest>>>,
 }
 
 impl Default for Metrics {
@@ -49,6 +68,8 @@ impl Default for Metrics {
             reconciles: Family::default(),
             errors: Family::default(),
             durations: Family::new_with_constructor(new_duration_histogram),
+            kube_requests: Family::default(),
+            kube_request_series: Arc::default(),
         }
     }
 }
@@ -73,6 +94,11 @@ impl Metrics {
             "Duration of reconciliations, by controller",
             Unit::Seconds,
             metrics.durations.clone(),
+        );
+        registry.register(
+            "orrery_kube_requests",
+            "Requests of the operator's Kubernetes client, by verb, resource and status code",
+            metrics.kube_requests.clone(),
         );
         metrics
     }
@@ -108,15 +134,40 @@ impl Metrics {
             .map_or(0, |c| c.get())
     }
 
-    /// How many reconciliations of `controller` failed with an error of kind `kind`
-    /// (see [`crate::Error::kind`]).
-    pub fn reconcile_errors(&self, controller: &'static str, kind: &'static str) -> u64 {
+    /// How many reconciliations of `controller` failed with an error of category `category`.
+    pub fn reconcile_errors(&self, controller: &'static str, category: &'static str) -> u64 {
         self.errors
             .get(&ErrorLabels {
                 controller,
-                error: kind,
+                error: category,
             })
             .map_or(0, |c| c.get())
+    }
+
+    /// Counts one request of the kube client.
+    pub fn kube_request(&self, request: KubeRequest) {
+        self.kube_requests.get_or_create(&request).inc();
+        self.kube_request_series
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(request);
+    }
+
+    /// Every series of `orrery_kube_requests_total` with its count, sorted by verb, resource and
+    /// code (for tests and benchmarks that count API calls).
+    pub fn kube_requests(&self) -> Vec<(KubeRequest, u64)> {
+        let series = self
+            .kube_request_series
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        series
+            .into_iter()
+            .map(|labels| {
+                let count = self.kube_requests.get(&labels).map_or(0, |c| c.get());
+                (labels, count)
+            })
+            .collect()
     }
 }
 
@@ -294,6 +345,42 @@ mod tests {
         assert_eq!(buckets.first(), Some(&0.001));
         assert!(*buckets.last().unwrap() >= 60.0, "{buckets:?}");
         assert!(buckets.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn counts_kube_requests_by_verb_resource_and_code() {
+        let (registry, metrics) = registered();
+        let request = |verb, resource: &str, code: &str| KubeRequest {
+            verb,
+            resource: resource.into(),
+            code: code.into(),
+        };
+        assert_eq!(metrics.kube_requests(), vec![]);
+        metrics.kube_request(request("patch", "tenantcontrolplanes/status", "200"));
+        metrics.kube_request(request("watch", "deployments", "error"));
+        metrics.kube_request(request("patch", "tenantcontrolplanes/status", "200"));
+        metrics.kube_request(request("get", "secrets", "404"));
+
+        assert_eq!(
+            metrics.kube_requests(),
+            vec![
+                (request("get", "secrets", "404"), 1),
+                (request("patch", "tenantcontrolplanes/status", "200"), 2),
+                (request("watch", "deployments", "error"), 1),
+            ]
+        );
+        let text = encode(&registry);
+        assert!(
+            has_line(&text, "# TYPE orrery_kube_requests counter"),
+            "{text}"
+        );
+        for line in [
+            r#"orrery_kube_requests_total{verb="patch",resource="tenantcontrolplanes/status",code="200"} 2"#,
+            r#"orrery_kube_requests_total{verb="get",resource="secrets",code="404"} 1"#,
+            r#"orrery_kube_requests_total{verb="watch",resource="deployments",code="error"} 1"#,
+        ] {
+            assert!(has_line(&text, line), "missing {line:?} in\n{text}");
+        }
     }
 
     #[test]

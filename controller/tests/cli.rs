@@ -1,5 +1,5 @@
 //! The `orrery` binary's command line, environment fallbacks included (the unit tests in
-//! `operator.rs` parse without the environment).
+//! `runtime/cli.rs` parse without the environment). None of these needs a cluster.
 
 use std::process::{Command, Output};
 

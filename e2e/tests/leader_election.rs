@@ -1,65 +1,31 @@
 //! The Lease elector of `orrery controller` against a real apiserver: the test ground.
 //!
-//! The apiserver is found through `KUBECONFIG`, else through `e2e/ground kubeconfig`. These tests
-//! fail, rather than skip, when neither leads to a reachable apiserver: start the ground with
-//! `e2e/ground up`.
+//! Runs against the ground that `e2e/ground env` names (`ORRERY_GROUND`, default "default"); the
+//! tests fail, rather than skip, when it is not up: start it with `e2e/ground up`.
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{DeleteParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
-use orrery::operator::{Attempt, LeaderElector, LeaseConfig};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use kube::{Api, Client};
+use orrery::runtime::leader::{Attempt, LeaderElector, LeaseConfig};
+use orrery_e2e::Ground;
 use std::time::Duration;
 use tokio::time::{Instant, sleep, timeout};
 
 const NAMESPACE: &str = "default";
 
-fn kubeconfig_path() -> PathBuf {
-    if let Some(path) = std::env::var_os("KUBECONFIG").filter(|p| !p.is_empty()) {
-        return PathBuf::from(path);
-    }
-    let ground = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../e2e/ground");
-    let out = Command::new(&ground)
-        .arg("kubeconfig")
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "KUBECONFIG is not set and {} cannot run: {e}",
-                ground.display()
-            )
-        });
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(
-        out.status.success() && !path.is_empty(),
-        "KUBECONFIG is not set and `e2e/ground kubeconfig` gave no kubeconfig ({}): {}\n\
-         start the test ground with `e2e/ground up`",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    PathBuf::from(path)
-}
-
 /// A client of the ground's apiserver; panics if there is none.
 async fn client() -> Client {
-    client_of(&kubeconfig_path()).await
-}
-
-async fn client_of(path: &Path) -> Client {
-    let kubeconfig = Kubeconfig::read_from(path)
-        .unwrap_or_else(|e| panic!("cannot read kubeconfig {}: {e}", path.display()));
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap_or_else(|e| panic!("bad kubeconfig {}: {e}", path.display()));
-    let client = Client::try_from(config).expect("a kube client");
+    let ground = Ground::get().expect("the test ground is set up");
+    let client = ground.client().await.unwrap_or_else(|e| {
+        panic!(
+            "no client for the ground's kubeconfig {}: {e:#}",
+            ground.kubeconfig()
+        )
+    });
     match timeout(Duration::from_secs(10), client.apiserver_version()).await {
         Ok(Ok(_)) => client,
-        Ok(Err(e)) => panic!("the apiserver of {} is not reachable: {e}", path.display()),
-        Err(_) => panic!(
-            "the apiserver of {} did not answer within 10 s",
-            path.display()
-        ),
+        Ok(Err(e)) => panic!("the ground's apiserver is not reachable: {e}"),
+        Err(_) => panic!("the ground's apiserver did not answer within 10 s"),
     }
 }
 
@@ -123,7 +89,7 @@ impl Drop for TestLease {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                let api = Api::<Lease>::namespaced(client_of(&kubeconfig_path()).await, NAMESPACE);
+                let api = Api::<Lease>::namespaced(client().await, NAMESPACE);
                 let deleted = timeout(
                     Duration::from_secs(5),
                     api.delete(&name, &DeleteParams::default()),
