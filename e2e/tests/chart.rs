@@ -8,9 +8,22 @@ use orrery_e2e::{Ground, ground_command, repo_root, unique_name};
 use serde::Deserialize as _;
 use serde_yaml_ng::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+/// The CRDs are cluster-wide and every release that installs them takes them over: the tests that
+/// install the chart onto the ground run one at a time.
+static CLUSTER_CRDS: Mutex<()> = Mutex::new(());
+
+fn lock_cluster_crds() -> MutexGuard<'static, ()> {
+    CLUSTER_CRDS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+const CRD_NAMES: [&str; 2] = ["tenantcontrolplanes.orrery.dev", "datastores.orrery.dev"];
 
 fn chart_dir() -> String {
     repo_root()
@@ -175,6 +188,8 @@ fn helm_lint_strict_passes() {
             "--set",
             "podDisruptionBudget.enabled=false",
         ][..],
+        &["--set", "crds.install=false"][..],
+        &["--set", "crds.keep=false"][..],
     ] {
         let mut args = vec!["lint", "--strict", chart.as_str()];
         args.extend_from_slice(extra);
@@ -203,6 +218,8 @@ fn schema_rejects_bad_values() {
         "resyncSeconds=0",
         "noSuchValue=1",
         "image.noSuchField=1",
+        "crds.install=maybe",
+        "crds.noSuchField=1",
     ] {
         let out = helm(&["template", "orrery", chart.as_str(), "--set", bad]);
         assert!(!out.status.success(), "helm template accepted --set {bad}");
@@ -486,16 +503,75 @@ fn rendered_objects_follow_the_spec() {
     }
     assert!(find(&docs, "Service")["metadata"]["annotations"]["prometheus.io/scrape"].is_null());
 
-    // The CRDs ship in crds/, so Helm installs them once and never deletes or upgrades them.
-    let docs = render(&["--include-crds"]);
-    let crds: BTreeSet<&str> = docs
-        .iter()
-        .filter(|d| kind(d) == "CustomResourceDefinition")
+    // The CRDs are templates, so that `helm upgrade` upgrades them.
+    let docs = render(&[]);
+    let crds: BTreeSet<&str> = crds(&docs)
         .map(|d| d["metadata"]["name"].as_str().unwrap_or_default())
         .collect();
-    assert_eq!(
-        crds,
-        BTreeSet::from(["tenantcontrolplanes.orrery.dev", "datastores.orrery.dev"])
+    assert_eq!(crds, BTreeSet::from(CRD_NAMES));
+}
+
+fn crds(docs: &[Value]) -> impl Iterator<Item = &Value> {
+    docs.iter()
+        .filter(|d| kind(d) == "CustomResourceDefinition")
+}
+
+/// The CRDs of `crds/orrery.dev.yaml`, the source the chart's copy must equal.
+fn source_crds() -> Vec<Value> {
+    let yaml = std::fs::read_to_string(repo_root().join("crds/orrery.dev.yaml"))
+        .expect("reading crds/orrery.dev.yaml");
+    serde_yaml_ng::Deserializer::from_str(&yaml)
+        .map(|doc| Value::deserialize(doc).expect("crds/orrery.dev.yaml is valid YAML"))
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+#[test]
+fn crds_render_as_templates_kept_on_uninstall_unless_switched_off() {
+    let docs = render(&[]);
+    let rendered: Vec<&Value> = crds(&docs).collect();
+    let source = source_crds();
+    assert_eq!(rendered.len(), source.len(), "every CRD of crds/ renders");
+    for crd in rendered {
+        let name = crd["metadata"]["name"].as_str().unwrap_or_default();
+        let want = source
+            .iter()
+            .find(|d| d["metadata"]["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("the chart renders CRD {name}, which crds/ lacks"));
+        assert_eq!(
+            crd["metadata"]["annotations"]["helm.sh/resource-policy"].as_str(),
+            Some("keep"),
+            "CRD {name} is kept on helm uninstall by default"
+        );
+        assert_eq!(
+            crd["metadata"]["labels"]["app.kubernetes.io/managed-by"].as_str(),
+            Some("Helm")
+        );
+        // Apart from the release's labels and annotations, the chart sends exactly the source:
+        // templating changes nothing, CEL rules included.
+        let mut bare = (*crd).clone();
+        let meta = bare["metadata"].as_mapping_mut().expect("metadata");
+        meta.remove("labels");
+        meta.remove("annotations");
+        assert_eq!(&bare, want, "CRD {name} differs from crds/orrery.dev.yaml");
+    }
+
+    let docs = render(&["--set", "crds.keep=false"]);
+    assert_eq!(crds(&docs).count(), CRD_NAMES.len());
+    for crd in crds(&docs) {
+        assert!(
+            crd["metadata"]["annotations"].is_null(),
+            "crds.keep=false still annotates {:?}",
+            crd["metadata"]
+        );
+    }
+
+    // --include-crds would also show a crds/ directory, which Helm never upgrades.
+    let docs = render(&["--include-crds", "--set", "crds.install=false"]);
+    assert_eq!(crds(&docs).count(), 0, "crds.install=false renders CRDs");
+    assert!(
+        docs.iter().any(|d| kind(d) == "Deployment"),
+        "crds.install=false still renders the operator"
     );
 }
 
@@ -617,9 +693,17 @@ fn helm_ok(ground: &Ground, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The release that owns a CRD, from Helm's annotation on it.
+fn crd_owner(ground: &Ground, crd: &str) -> Option<String> {
+    json(ground, &["get", "crd", crd])["metadata"]["annotations"]["meta.helm.sh/release-name"]
+        .as_str()
+        .map(str::to_string)
+}
+
 #[test]
 fn install_upgrade_uninstall_under_pod_security_restricted() {
     let ground = Ground::get().expect("the test ground must be up for the chart install test");
+    let _crds = lock_cluster_crds();
     let namespace = unique_name("chart");
     let release = unique_name("orrery");
     let chart = chart_dir();
@@ -639,7 +723,8 @@ fn install_upgrade_uninstall_under_pod_security_restricted() {
         "pod-security.kubernetes.io/warn=restricted",
     ]);
 
-    // The CRDs may already exist from other tests: Helm then leaves them as they are.
+    // The CRDs may already exist, applied by other tests or kept from an earlier release: this
+    // release takes them over.
     let out = helm_ok(
         &ground,
         &[
@@ -648,6 +733,7 @@ fn install_upgrade_uninstall_under_pod_security_restricted() {
             &chart,
             "--namespace",
             &namespace,
+            "--take-ownership",
             "--timeout",
             "3m",
         ],
@@ -656,8 +742,8 @@ fn install_upgrade_uninstall_under_pod_security_restricted() {
         out.contains("STATUS: deployed"),
         "helm install did not deploy:\n{out}"
     );
-    for crd in ["tenantcontrolplanes.orrery.dev", "datastores.orrery.dev"] {
-        ground.kubectl(&["get", "crd", crd]);
+    for crd in CRD_NAMES {
+        assert_eq!(crd_owner(&ground, crd), Some(release.clone()));
     }
     // The release name contains the chart name, so it is the full name of every object.
     wait_for_deployment(&ground, &namespace, &release, 2);
@@ -789,8 +875,14 @@ fn install_upgrade_uninstall_under_pod_security_restricted() {
             "{what} {release} survived helm uninstall"
         );
     }
-    // Helm never deletes CRDs from crds/: tenants' objects outlive the operator's release.
-    ground.kubectl(&["get", "crd", "tenantcontrolplanes.orrery.dev"]);
+    // crds.keep: tenants' objects outlive the operator's release.
+    for crd in CRD_NAMES {
+        let live = json(&ground, &["get", "crd", crd]);
+        assert!(
+            live["metadata"]["deletionTimestamp"].is_null(),
+            "helm uninstall deletes CRD {crd}"
+        );
+    }
 
     drop(cleanup);
     ground.kubectl(&[
@@ -801,4 +893,190 @@ fn install_upgrade_uninstall_under_pod_security_restricted() {
         "--wait=true",
         "--timeout=120s",
     ]);
+}
+
+/// Copies a directory tree (the chart: plain files and directories).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("creating the chart copy");
+    for entry in std::fs::read_dir(from).expect("reading the chart") {
+        let entry = entry.expect("reading the chart");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copying a chart file");
+        }
+    }
+}
+
+/// An extra printer column, the change the next chart makes to TenantControlPlane.
+const NEW_COLUMN: &str = "Requested";
+
+/// A copy of the chart in a fresh directory whose TenantControlPlane CRD has one more printer
+/// column: a later release of the chart that changed a CRD.
+fn chart_with_changed_crd() -> PathBuf {
+    let dir = std::env::temp_dir().join(unique_name("orrery-chart"));
+    copy_dir(Path::new(&chart_dir()), &dir);
+    let file = dir.join("files/crds.yaml");
+    let yaml = std::fs::read_to_string(&file).expect("reading the chart's CRDs");
+    let columns = "  - additionalPrinterColumns:\n";
+    let docs: Vec<String> = yaml
+        .split("\n---\n")
+        .map(|doc| {
+            if doc.contains("\n  name: tenantcontrolplanes.orrery.dev\n") {
+                assert!(doc.contains(columns), "TenantControlPlane has printer columns");
+                doc.replacen(
+                    columns,
+                    &format!(
+                        "{columns}    - jsonPath: .spec.version\n      name: {NEW_COLUMN}\n      type: string\n"
+                    ),
+                    1,
+                )
+            } else {
+                doc.to_string()
+            }
+        })
+        .collect();
+    let changed = docs.join("\n---\n");
+    assert_ne!(changed, yaml, "the chart copy's CRD did not change");
+    std::fs::write(&file, changed).expect("writing the chart copy's CRDs");
+    dir
+}
+
+/// Printer column names of the served version of the TenantControlPlane CRD in the cluster.
+fn tcp_columns(ground: &Ground) -> Vec<String> {
+    let crd = json(ground, &["get", "crd", CRD_NAMES[0]]);
+    crd["spec"]["versions"][0]["additionalPrinterColumns"]
+        .as_array()
+        .expect("printer columns")
+        .iter()
+        .map(|c| c["name"].as_str().expect("column name").to_string())
+        .collect()
+}
+
+/// Removes the chart copy, and if the test failed puts the real CRDs back for other tests.
+struct RestoreCrds<'a> {
+    ground: &'a Ground,
+    changed_chart: PathBuf,
+}
+
+impl Drop for RestoreCrds<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.changed_chart);
+        if std::thread::panicking() {
+            let crds = repo_root().join("crds/orrery.dev.yaml");
+            let _ = self.ground.run(
+                "kubectl",
+                &[
+                    "apply",
+                    "--server-side",
+                    "--force-conflicts",
+                    "-f",
+                    &crds.to_string_lossy(),
+                ],
+            );
+        }
+    }
+}
+
+#[test]
+fn helm_upgrade_upgrades_the_crds_and_uninstall_keeps_them() {
+    let ground = Ground::get().expect("the test ground must be up for the chart CRD test");
+    let _crds = lock_cluster_crds();
+    let namespace = unique_name("chart-crds");
+    let release = unique_name("orrery-crds");
+    let chart = chart_dir();
+    let changed = chart_with_changed_crd();
+    // Declared before the release's cleanup so that it drops after the uninstall.
+    let _restore = RestoreCrds {
+        ground: &ground,
+        changed_chart: changed.clone(),
+    };
+    let changed = changed.to_string_lossy().into_owned();
+    ground.kubectl(&["create", "namespace", &namespace]);
+    let cleanup = Cleanup {
+        ground: &ground,
+        release: release.clone(),
+        namespace: namespace.clone(),
+    };
+    let helm_in_namespace = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--namespace", &namespace, "--timeout", "3m"]);
+        helm_ok(&ground, &all)
+    };
+    let source = source_crds();
+    let source_tcp = source
+        .iter()
+        .find(|d| d["metadata"]["name"].as_str() == Some(CRD_NAMES[0]))
+        .expect("crds/orrery.dev.yaml defines TenantControlPlane");
+    let real_columns: Vec<String> = source_tcp["spec"]["versions"][0]["additionalPrinterColumns"]
+        .as_sequence()
+        .expect("printer columns in crds/orrery.dev.yaml")
+        .iter()
+        .map(|c| c["name"].as_str().expect("column name").to_string())
+        .collect();
+    assert!(!real_columns.iter().any(|c| c == NEW_COLUMN));
+
+    helm_in_namespace(&[
+        "install",
+        &release,
+        &chart,
+        "--take-ownership",
+        "--set",
+        "replicaCount=1",
+    ]);
+    for crd in CRD_NAMES {
+        assert_eq!(crd_owner(&ground, crd), Some(release.clone()));
+    }
+    assert_eq!(tcp_columns(&ground), real_columns, "installed CRD");
+
+    // The next chart's CRD reaches the cluster with `helm upgrade`, and so does the way back.
+    helm_in_namespace(&["upgrade", &release, &changed, "--reuse-values"]);
+    let mut upgraded = real_columns.clone();
+    upgraded.insert(0, NEW_COLUMN.to_string());
+    assert_eq!(tcp_columns(&ground), upgraded, "CRD after helm upgrade");
+    helm_in_namespace(&["upgrade", &release, &chart, "--reuse-values"]);
+    assert_eq!(
+        tcp_columns(&ground),
+        real_columns,
+        "CRD after upgrading back"
+    );
+
+    // A second release, in a namespace of its own, leaves the CRDs to the first one.
+    let second = Cleanup {
+        ground: &ground,
+        release: unique_name("orrery-second"),
+        namespace: unique_name("chart-second"),
+    };
+    let in_second = ["--namespace", second.namespace.as_str(), "--timeout", "3m"];
+    let mut install = vec![
+        "install",
+        second.release.as_str(),
+        chart.as_str(),
+        "--create-namespace",
+        "--set",
+        "replicaCount=1",
+        "--set",
+        "crds.install=false",
+    ];
+    install.extend_from_slice(&in_second);
+    helm_ok(&ground, &install);
+    let mut uninstall = vec!["uninstall", second.release.as_str(), "--wait"];
+    uninstall.extend_from_slice(&in_second);
+    helm_ok(&ground, &uninstall);
+    drop(second);
+    for crd in CRD_NAMES {
+        assert_eq!(crd_owner(&ground, crd), Some(release.clone()));
+    }
+
+    helm_in_namespace(&["uninstall", &release, "--wait"]);
+    for crd in CRD_NAMES {
+        let live = json(&ground, &["get", "crd", crd]);
+        assert!(
+            live["metadata"]["deletionTimestamp"].is_null(),
+            "helm uninstall deletes CRD {crd}"
+        );
+    }
+    assert_eq!(tcp_columns(&ground), real_columns, "CRD after uninstall");
+    drop(cleanup);
 }

@@ -72,3 +72,17 @@ Name of the Role and RoleBinding that let the operator hold its leader-election 
 {{- define "orrery.leaderElectionName" -}}
 {{- printf "%s-leader-election" (include "orrery.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
+
+{{/*
+The metadata line of a CRD with the release's labels and, unless crds.keep is false, the
+annotation that makes `helm uninstall` leave the CRD (and every tenant) in place.
+*/}}
+{{- define "orrery.crdMetadata" -}}
+metadata:
+  labels:
+    {{- include "orrery.labels" . | nindent 4 }}
+  {{- if .Values.crds.keep }}
+  annotations:
+    helm.sh/resource-policy: keep
+  {{- end }}
+{{- end }}
