@@ -169,6 +169,9 @@ async fn a_live_tenant_serves_real_clients_and_kubeadm_discovery() {
                 "-n",
                 release_ns,
                 "--create-namespace",
+                // The CRDs are in place already (install_crds), applied outside Helm.
+                "--set",
+                "crds.install=false",
                 "--set",
                 "replicaCount=1",
                 "--set",
