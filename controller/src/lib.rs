@@ -10,6 +10,7 @@ pub mod api;
 pub mod apply;
 pub mod children;
 pub mod conditions;
+pub mod config;
 pub mod context;
 pub mod controlplane;
 pub mod crdgen;

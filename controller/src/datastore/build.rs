@@ -149,6 +149,9 @@ pub fn managed_services(ds: &DataStore, names: &ManagedNames) -> [Service; 2] {
     ]
 }
 
+/// etcd's volume mount of its server key pair and CA.
+const PKI_DIR: &str = "/etc/etcd/pki";
+
 /// The etcd StatefulSet of a managed DataStore.
 pub fn managed_statefulset(
     ds: &DataStore,
@@ -156,61 +159,6 @@ pub fn managed_statefulset(
     names: &ManagedNames,
     pki_hash: &str,
 ) -> StatefulSet {
-    let image = managed
-        .image
-        .clone()
-        .unwrap_or_else(|| format!("registry.k8s.io/etcd:{ETCD_DEFAULT_IMAGE_TAG}"));
-    let initial_cluster: Vec<String> = (0..managed.replicas)
-        .map(|i| {
-            format!(
-                "{}=https://{}:{ETCD_PEER_PORT}",
-                names.member(i),
-                names.member_host(i)
-            )
-        })
-        .collect();
-    let pki = "/etc/etcd/pki";
-    let sched = &managed.scheduling;
-    let host = format!(
-        "$(POD_NAME).{}.{}.svc",
-        names.peer_service(),
-        names.namespace
-    );
-    let args = vec![
-        "--name=$(POD_NAME)".to_string(),
-        "--data-dir=/var/lib/etcd/data".into(),
-        format!("--listen-client-urls=https://0.0.0.0:{ETCD_CLIENT_PORT}"),
-        format!("--advertise-client-urls=https://{host}:{ETCD_CLIENT_PORT}"),
-        format!("--listen-peer-urls=https://0.0.0.0:{ETCD_PEER_PORT}"),
-        format!("--initial-advertise-peer-urls=https://{host}:{ETCD_PEER_PORT}"),
-        format!("--listen-metrics-urls=http://0.0.0.0:{ETCD_METRICS_PORT}"),
-        format!("--initial-cluster={}", initial_cluster.join(",")),
-        "--initial-cluster-state=new".into(),
-        format!("--initial-cluster-token={}", names.base),
-        "--client-cert-auth=true".into(),
-        format!("--trusted-ca-file={pki}/ca.crt"),
-        format!("--cert-file={pki}/tls.crt"),
-        format!("--key-file={pki}/tls.key"),
-        "--peer-client-cert-auth=true".into(),
-        format!("--peer-trusted-ca-file={pki}/ca.crt"),
-        format!("--peer-cert-file={pki}/tls.crt"),
-        format!("--peer-key-file={pki}/tls.key"),
-        // Tenants may not compact (their users are limited to a prefix); etcd does it itself.
-        "--auto-compaction-mode=periodic".into(),
-        "--auto-compaction-retention=5m".into(),
-    ];
-    let probe = |path: &str, period: i32, failures: i32| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::Int(ETCD_METRICS_PORT),
-            scheme: Some("HTTP".into()),
-            ..Default::default()
-        }),
-        period_seconds: Some(period),
-        failure_threshold: Some(failures),
-        timeout_seconds: Some(5),
-        ..Default::default()
-    };
     StatefulSet {
         metadata: managed_meta(ds, names, names.base.clone()),
         spec: Some(StatefulSetSpec {
@@ -222,112 +170,187 @@ pub fn managed_statefulset(
                 match_labels: Some(etcd_selector(ds)),
                 ..Default::default()
             },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some({
-                        let mut l = child_labels(DATASTORE_LABEL, &ds.name_any(), "etcd");
-                        l.extend(etcd_selector(ds));
-                        l
-                    }),
-                    annotations: Some(BTreeMap::from([(
-                        "checksum.orrery.dev/pki".to_string(),
-                        pki_hash.to_string(),
-                    )])),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    node_selector: (!sched.node_selector.is_empty())
-                        .then(|| sched.node_selector.clone()),
-                    tolerations: (!sched.tolerations.is_empty()).then(|| sched.tolerations.clone()),
-                    affinity: sched.affinity.clone(),
-                    topology_spread_constraints: (!sched.topology_spread_constraints.is_empty())
-                        .then(|| sched.topology_spread_constraints.clone()),
-                    priority_class_name: sched.priority_class_name.clone(),
-                    security_context: Some(restricted_pod()),
-                    containers: vec![Container {
-                        name: "etcd".into(),
-                        image: Some(image),
-                        command: Some(vec!["etcd".into()]),
-                        args: Some(args),
-                        env: Some(vec![field_env("POD_NAME", "metadata.name")]),
-                        ports: Some(vec![
-                            ContainerPort {
-                                name: Some("client".into()),
-                                container_port: ETCD_CLIENT_PORT,
-                                ..Default::default()
-                            },
-                            ContainerPort {
-                                name: Some("peer".into()),
-                                container_port: ETCD_PEER_PORT,
-                                ..Default::default()
-                            },
-                            ContainerPort {
-                                name: Some("metrics".into()),
-                                container_port: ETCD_METRICS_PORT,
-                                ..Default::default()
-                            },
-                        ]),
-                        startup_probe: Some(probe("/readyz", 2, 90)),
-                        liveness_probe: Some(probe("/livez", 10, 6)),
-                        readiness_probe: Some(probe("/readyz", 5, 3)),
-                        resources: Some(managed.resources.clone().unwrap_or_else(|| {
-                            ResourceRequirements {
-                                requests: Some(BTreeMap::from([
-                                    ("cpu".to_string(), Quantity("100m".into())),
-                                    ("memory".to_string(), Quantity("256Mi".into())),
-                                ])),
-                                ..Default::default()
-                            }
-                        })),
-                        security_context: Some(restricted_container()),
-                        volume_mounts: Some(vec![
-                            VolumeMount {
-                                name: "data".into(),
-                                mount_path: "/var/lib/etcd".into(),
-                                ..Default::default()
-                            },
-                            VolumeMount {
-                                name: "pki".into(),
-                                mount_path: pki.into(),
-                                read_only: Some(true),
-                                ..Default::default()
-                            },
-                        ]),
-                        ..Default::default()
-                    }],
-                    volumes: Some(vec![Volume {
-                        name: "pki".into(),
-                        secret: Some(SecretVolumeSource {
-                            secret_name: Some(names.server_secret()),
-                            default_mode: Some(0o440),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }]),
-                    ..Default::default()
-                }),
-            },
-            volume_claim_templates: Some(vec![PersistentVolumeClaim {
-                metadata: ObjectMeta {
-                    name: Some("data".into()),
-                    ..Default::default()
-                },
-                spec: Some(PersistentVolumeClaimSpec {
-                    access_modes: Some(vec!["ReadWriteOnce".into()]),
-                    storage_class_name: managed.storage_class_name.clone(),
-                    resources: Some(VolumeResourceRequirements {
-                        requests: Some(BTreeMap::from([(
-                            "storage".to_string(),
-                            Quantity(managed.storage_size.clone()),
-                        )])),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
+            template: etcd_pod_template(ds, managed, names, pki_hash),
+            volume_claim_templates: Some(vec![data_claim(managed)]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Pods carry the hash of the PKI, so new certificates roll them.
+fn etcd_pod_template(
+    ds: &DataStore,
+    managed: &ManagedDataStore,
+    names: &ManagedNames,
+    pki_hash: &str,
+) -> PodTemplateSpec {
+    let mut labels = child_labels(DATASTORE_LABEL, &ds.name_any(), "etcd");
+    labels.extend(etcd_selector(ds));
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels),
+            annotations: Some(BTreeMap::from([(
+                "checksum.orrery.dev/pki".to_string(),
+                pki_hash.to_string(),
+            )])),
+            ..Default::default()
+        }),
+        spec: Some(etcd_pod_spec(managed, names)),
+    }
+}
+
+fn etcd_pod_spec(managed: &ManagedDataStore, names: &ManagedNames) -> PodSpec {
+    let sched = &managed.scheduling;
+    PodSpec {
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        node_selector: (!sched.node_selector.is_empty()).then(|| sched.node_selector.clone()),
+        tolerations: (!sched.tolerations.is_empty()).then(|| sched.tolerations.clone()),
+        affinity: sched.affinity.clone(),
+        topology_spread_constraints: (!sched.topology_spread_constraints.is_empty())
+            .then(|| sched.topology_spread_constraints.clone()),
+        priority_class_name: sched.priority_class_name.clone(),
+        security_context: Some(restricted_pod()),
+        containers: vec![etcd_container(managed, names)],
+        volumes: Some(vec![Volume {
+            name: "pki".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(names.server_secret()),
+                default_mode: Some(0o440),
                 ..Default::default()
-            }]),
+            }),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
+/// etcd flags: members find each other through the peer Service, every client and peer shows a
+/// certificate of the DataStore's CA.
+fn etcd_args(names: &ManagedNames, replicas: i32) -> Vec<String> {
+    let initial_cluster: Vec<String> = (0..replicas)
+        .map(|i| {
+            format!(
+                "{}=https://{}:{ETCD_PEER_PORT}",
+                names.member(i),
+                names.member_host(i)
+            )
+        })
+        .collect();
+    let host = format!(
+        "$(POD_NAME).{}.{}.svc",
+        names.peer_service(),
+        names.namespace
+    );
+    vec![
+        "--name=$(POD_NAME)".to_string(),
+        "--data-dir=/var/lib/etcd/data".into(),
+        format!("--listen-client-urls=https://0.0.0.0:{ETCD_CLIENT_PORT}"),
+        format!("--advertise-client-urls=https://{host}:{ETCD_CLIENT_PORT}"),
+        format!("--listen-peer-urls=https://0.0.0.0:{ETCD_PEER_PORT}"),
+        format!("--initial-advertise-peer-urls=https://{host}:{ETCD_PEER_PORT}"),
+        format!("--listen-metrics-urls=http://0.0.0.0:{ETCD_METRICS_PORT}"),
+        format!("--initial-cluster={}", initial_cluster.join(",")),
+        "--initial-cluster-state=new".into(),
+        format!("--initial-cluster-token={}", names.base),
+        "--client-cert-auth=true".into(),
+        format!("--trusted-ca-file={PKI_DIR}/ca.crt"),
+        format!("--cert-file={PKI_DIR}/tls.crt"),
+        format!("--key-file={PKI_DIR}/tls.key"),
+        "--peer-client-cert-auth=true".into(),
+        format!("--peer-trusted-ca-file={PKI_DIR}/ca.crt"),
+        format!("--peer-cert-file={PKI_DIR}/tls.crt"),
+        format!("--peer-key-file={PKI_DIR}/tls.key"),
+        // Tenants may not compact (their users are limited to a prefix); etcd does it itself.
+        "--auto-compaction-mode=periodic".into(),
+        "--auto-compaction-retention=5m".into(),
+    ]
+}
+
+/// Health checks on the plain-HTTP metrics listener.
+fn etcd_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(ETCD_METRICS_PORT),
+            scheme: Some("HTTP".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(5),
+        ..Default::default()
+    }
+}
+
+fn etcd_container(managed: &ManagedDataStore, names: &ManagedNames) -> Container {
+    let image = managed
+        .image
+        .clone()
+        .unwrap_or_else(|| format!("registry.k8s.io/etcd:{ETCD_DEFAULT_IMAGE_TAG}"));
+    let port = |name: &str, port: i32| ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        ..Default::default()
+    };
+    let requests = BTreeMap::from([
+        ("cpu".to_string(), Quantity("100m".into())),
+        ("memory".to_string(), Quantity("256Mi".into())),
+    ]);
+    Container {
+        name: "etcd".into(),
+        image: Some(image),
+        command: Some(vec!["etcd".into()]),
+        args: Some(etcd_args(names, managed.replicas)),
+        env: Some(vec![field_env("POD_NAME", "metadata.name")]),
+        ports: Some(vec![
+            port("client", ETCD_CLIENT_PORT),
+            port("peer", ETCD_PEER_PORT),
+            port("metrics", ETCD_METRICS_PORT),
+        ]),
+        startup_probe: Some(etcd_probe("/readyz", 2, 90)),
+        liveness_probe: Some(etcd_probe("/livez", 10, 6)),
+        readiness_probe: Some(etcd_probe("/readyz", 5, 3)),
+        resources: Some(managed.resources.clone().unwrap_or(ResourceRequirements {
+            requests: Some(requests),
+            ..Default::default()
+        })),
+        security_context: Some(restricted_container()),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "data".into(),
+                mount_path: "/var/lib/etcd".into(),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "pki".into(),
+                mount_path: PKI_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ]),
+        ..Default::default()
+    }
+}
+
+/// Each member's data volume.
+fn data_claim(managed: &ManagedDataStore) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some("data".into()),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: managed.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(managed.storage_size.clone()),
+                )])),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()
