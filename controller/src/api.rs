@@ -1,12 +1,14 @@
 //! The `orrery.dev/v1alpha1` API: `TenantControlPlane` and `DataStore`.
 //!
 //! Admission is done by the apiserver from the CEL rules and OpenAPI bounds declared here, so a bad
-//! object never reaches the controller; every message names the field it is about.
+//! object never reaches the controller; every message names the field it is about. The reconcile
+//! checks the same again (`controlplane::validate::spec`) for objects admitted before a rule existed.
 
 use k8s_openapi::api::core::v1::{
     Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::core::{Message, Rule};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -31,9 +33,13 @@ pub const SUPPORTED_MINORS: std::ops::RangeInclusive<u32> = 32..=34;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new(
-    "!has(oldSelf.dataStore) || (has(self.dataStore) && self.dataStore == oldSelf.dataStore)"
-).message("spec.dataStore is immutable once set: moving a tenant to another DataStore is not supported yet"))]
+#[x_kube(
+    validation = Rule::new(
+        "!has(oldSelf.dataStore) || (has(self.dataStore) && self.dataStore == oldSelf.dataStore)"
+    ).message("spec.dataStore is immutable once set: moving a tenant to another DataStore is not supported yet"),
+    validation = service_range_size_rule(),
+    validation = pod_range_size_rule(),
+)]
 pub struct TenantControlPlaneSpec {
     /// Kubernetes version of the tenant control plane, as vMAJOR.MINOR.PATCH (v1.32.0 to v1.34.x).
     /// Upgrades go one minor version at a time; downgrades are refused.
@@ -101,6 +107,20 @@ fn default_replicas() -> i32 {
         "!has(self.dnsServiceIP) || !isCIDR(self.serviceCIDR) || !isIP(self.dnsServiceIP) || \
          cidr(self.serviceCIDR).containsIP(self.dnsServiceIP)"
     ).message("spec.network.dnsServiceIP must lie inside spec.network.serviceCIDR"),
+    validation = Rule::new(
+        "!isCIDR(self.serviceCIDR) || !isCIDR(self.podCIDR) || \
+         cidr(self.serviceCIDR).ip().family() == cidr(self.podCIDR).ip().family()"
+    ).message("spec.network.serviceCIDR and spec.network.podCIDR must be of one IP family: both IPv4 or both IPv6"),
+    validation = Rule::new(
+        "!has(self.dnsServiceIP) || !isCIDR(self.serviceCIDR) || !isIP(self.dnsServiceIP) || \
+         ip(self.dnsServiceIP).family() == cidr(self.serviceCIDR).ip().family()"
+    ).message("spec.network.dnsServiceIP must be of the IP family of spec.network.serviceCIDR"),
+    // The /31 (or /127) around the address holds the network address exactly when the address
+    // is the network address or the one after it; CEL has no address arithmetic.
+    validation = Rule::new(
+        "!has(self.dnsServiceIP) || !isCIDR(self.serviceCIDR) || !isIP(self.dnsServiceIP) || \
+         !cidr(self.dnsServiceIP + (ip(self.dnsServiceIP).family() == 4 ? '/31' : '/127')).containsIP(cidr(self.serviceCIDR).masked().ip())"
+    ).message("spec.network.dnsServiceIP must not be the network address of spec.network.serviceCIDR nor its first address, which the kubernetes Service takes"),
 )]
 pub struct NetworkSpec {
     /// How the tenant apiserver is exposed to worker nodes and users: ClusterIP, NodePort or
@@ -111,6 +131,7 @@ pub struct NetworkSpec {
     /// Port of the tenant apiserver on its Service and in the pod.
     #[serde(default = "default_api_port")]
     #[schemars(range(min = 1, max = 65535))]
+    #[x_kube(validation = port_free_in_pod_rule())]
     pub port: i32,
 
     /// Port on which konnectivity-server accepts agents from the tenant's nodes.
@@ -121,9 +142,13 @@ pub struct NetworkSpec {
     /// Extra names and IP addresses for the apiserver serving certificate.
     #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "certSANs")]
     #[schemars(length(max = 32), inner(length(max = 253)))]
-    #[x_kube(validation = Rule::new(
-        "self.all(san, isIP(san) || san.matches('^(\\\\*\\\\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$'))"
-    ).message("each entry of spec.network.certSANs must be a DNS name (lower case, optionally starting with *.) or an IP address"))]
+    #[x_kube(
+        validation = Rule::new(
+            "self.all(san, isIP(san) || san.matches('^(\\\\*\\\\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$'))"
+        ).message("each entry of spec.network.certSANs must be a DNS name (lower case, optionally starting with *.) or an IP address"),
+        validation = Rule::new("self.all(san, !isIP(san) || !ip(san).isUnspecified())")
+            .message("spec.network.certSANs must not contain an unspecified address (0.0.0.0 or ::): no client reaches the apiserver there"),
+    )]
     pub cert_sans: Vec<CertSan>,
 
     /// Service CIDR of the tenant cluster. Immutable.
@@ -132,6 +157,8 @@ pub struct NetworkSpec {
     #[x_kube(
         validation = Rule::new("isCIDR(self)").message("spec.network.serviceCIDR must be a CIDR such as 10.96.0.0/16"),
         validation = Rule::new("self == oldSelf").message("spec.network.serviceCIDR is immutable"),
+        validation = Rule::new("!isCIDR(self) || cidr(self).prefixLength() <= (cidr(self).ip().family() == 4 ? 28 : 124)")
+            .message("spec.network.serviceCIDR must hold at least 16 addresses (a /28 for IPv4, a /124 for IPv6): the network address, the kubernetes Service, the DNS Service (by default the tenth address) and the tenant's own Services"),
     )]
     pub service_cidr: String,
 
@@ -229,15 +256,41 @@ impl ServiceType {
 pub struct ControlPlaneSpec {
     /// kube-apiserver container.
     #[serde(default)]
+    #[x_kube(
+        validation = reserved_flags_rule(&API_SERVER_FLAGS),
+        validation = listed_entries_rule(&API_SERVER_FLAGS),
+        validation = image_rule(API_SERVER_FLAGS.path, "self.image"),
+        validation = quantities_rule(API_SERVER_FLAGS.path, "self.resources"),
+        validation = requests_within_limits_rule(API_SERVER_FLAGS.path, "self.resources"),
+    )]
     pub api_server: ComponentSpec,
     /// kube-controller-manager container.
     #[serde(default)]
+    #[x_kube(
+        validation = reserved_flags_rule(&CONTROLLER_MANAGER_FLAGS),
+        validation = listed_entries_rule(&CONTROLLER_MANAGER_FLAGS),
+        validation = image_rule(CONTROLLER_MANAGER_FLAGS.path, "self.image"),
+        validation = quantities_rule(CONTROLLER_MANAGER_FLAGS.path, "self.resources"),
+        validation = requests_within_limits_rule(CONTROLLER_MANAGER_FLAGS.path, "self.resources"),
+    )]
     pub controller_manager: ComponentSpec,
     /// kube-scheduler container.
     #[serde(default)]
+    #[x_kube(
+        validation = reserved_flags_rule(&SCHEDULER_FLAGS),
+        validation = image_rule(SCHEDULER_FLAGS.path, "self.image"),
+        validation = quantities_rule(SCHEDULER_FLAGS.path, "self.resources"),
+        validation = requests_within_limits_rule(SCHEDULER_FLAGS.path, "self.resources"),
+    )]
     pub scheduler: ComponentSpec,
     /// konnectivity-server container.
     #[serde(default)]
+    #[x_kube(
+        validation = reserved_flags_rule(&KONNECTIVITY_SERVER_FLAGS),
+        validation = image_rule(KONNECTIVITY_SERVER_FLAGS.path, "self.image"),
+        validation = quantities_rule(KONNECTIVITY_SERVER_FLAGS.path, "self.resources"),
+        validation = requests_within_limits_rule(KONNECTIVITY_SERVER_FLAGS.path, "self.resources"),
+    )]
     pub konnectivity_server: ComponentSpec,
     /// Where the control-plane pods may run.
     #[serde(default)]
@@ -252,13 +305,16 @@ pub struct ComponentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
-    /// Compute resources of the container.
+    /// Compute resources of the container. Requests may not exceed limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = bounded_resources)]
     pub resources: Option<ResourceRequirements>,
     /// Extra command-line flags, `--name=value` without the dashes as `name: value`. They override
-    /// the flags Orrery sets, so use them with care.
+    /// Orrery's defaults for flags such as `v`, `feature-gates` or `enable-admission-plugins`; the
+    /// flags that wire the pod together (certificates, kubeconfigs, ports, the DataStore, the
+    /// networks) are Orrery's and refused here.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 64))]
+    #[schemars(extend("maxProperties" = 64), transform = bounded_flag_values)]
     #[x_kube(validation = Rule::new("self.all(k, k.matches('^[a-z0-9][-a-z0-9]*$'))")
         .message("extraArgs keys must be flag names without leading dashes, such as v or feature-gates"))]
     pub extra_args: BTreeMap<String, String>,
@@ -323,12 +379,15 @@ fn default_renew_before_hours() -> i32 {
 pub struct AddonsSpec {
     /// CoreDNS, serving the cluster domain at the DNS service IP.
     #[serde(default, rename = "coreDNS")]
+    #[x_kube(validation = image_rule("spec.addons.coreDNS", "self.image"))]
     pub core_dns: AddonSpec,
     /// kube-proxy DaemonSet.
     #[serde(default)]
+    #[x_kube(validation = image_rule("spec.addons.kubeProxy", "self.image"))]
     pub kube_proxy: AddonSpec,
     /// konnectivity-agent DaemonSet, the tenant side of the konnectivity tunnel.
     #[serde(default)]
+    #[x_kube(validation = image_rule("spec.addons.konnectivity", "self.image"))]
     pub konnectivity: AddonSpec,
 }
 
@@ -475,6 +534,7 @@ pub struct ManagedDataStore {
     /// etcd image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = image_rule("spec.managed", "self"))]
     pub image: Option<String>,
     /// Size of each member's data volume.
     #[serde(default = "default_storage_size")]
@@ -482,8 +542,13 @@ pub struct ManagedDataStore {
     /// Storage class of the data volumes (the cluster default when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
-    /// Compute resources of each member.
+    /// Compute resources of each member. Requests may not exceed limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = bounded_resources)]
+    #[x_kube(
+        validation = quantities_rule("spec.managed", "self"),
+        validation = requests_within_limits_rule("spec.managed", "self"),
+    )]
     pub resources: Option<ResourceRequirements>,
     /// Where the etcd members may run.
     #[serde(default)]
@@ -554,4 +619,380 @@ pub struct DataStoreStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+}
+
+// Admission rules built from tables, so the Rust checks in `controlplane::validate` and the tests
+// read the same lists as the CRD.
+
+/// What `extraArgs` may and may not do to the flags of one control-plane container.
+#[derive(Debug)]
+pub struct ComponentFlags {
+    /// Where the component sits in the spec, for messages.
+    pub path: &'static str,
+    /// Flags Orrery owns: it sets them to wire the pod together (certificates, kubeconfigs,
+    /// ports, the DataStore, the networks, leader election), or they would override what it sets.
+    pub reserved: &'static [&'static str],
+    /// Flags Orrery sets only as a default that users may change; the others it sets are
+    /// reserved (`validate`'s tests check this against the Deployment it builds).
+    pub tunable: &'static [&'static str],
+    /// Entries of comma-separated tunable flags that Orrery relies on.
+    pub listed: &'static [ListedEntry],
+}
+
+/// An entry a comma-separated flag must keep (`kept`) or must not name (`!kept`) when set.
+#[derive(Debug)]
+pub struct ListedEntry {
+    pub flag: &'static str,
+    pub entry: &'static str,
+    pub kept: bool,
+}
+
+pub const API_SERVER_FLAGS: ComponentFlags = ComponentFlags {
+    path: "spec.controlPlane.apiServer",
+    reserved: &[
+        "advertise-address",
+        // kube-proxy and the CNI of the tenant's nodes run privileged pods.
+        "allow-privileged",
+        // Webhook or file-based modes need files the pod does not have; Node and RBAC carry
+        // kubelets and everything Orrery installs.
+        "authorization-config",
+        "authorization-mode",
+        "bind-address",
+        "client-ca-file",
+        "egress-selector-config-file",
+        // Nodes join with bootstrap tokens.
+        "enable-bootstrap-token-auth",
+        "etcd-cafile",
+        "etcd-certfile",
+        "etcd-compaction-interval",
+        "etcd-keyfile",
+        "etcd-prefix",
+        "etcd-servers",
+        // Would store resources outside the tenant's prefix and etcd user.
+        "etcd-servers-overrides",
+        "kubelet-client-certificate",
+        "kubelet-client-key",
+        "proxy-client-cert-file",
+        "proxy-client-key-file",
+        "requestheader-allowed-names",
+        "requestheader-client-ca-file",
+        "requestheader-extra-headers-prefix",
+        "requestheader-group-headers",
+        // Not set, but one of the front-proxy headers Orrery configures.
+        "requestheader-uid-headers",
+        "requestheader-username-headers",
+        "secure-port",
+        "service-account-issuer",
+        "service-account-key-file",
+        "service-account-signing-key-file",
+        "service-cluster-ip-range",
+        "tls-cert-file",
+        "tls-private-key-file",
+    ],
+    tunable: &[
+        // Users add admission plugins (NodeRestriction stays, see `listed`).
+        "enable-admission-plugins",
+        // Which node address the apiserver dials depends on the tenant's nodes.
+        "kubelet-preferred-address-types",
+    ],
+    listed: &[
+        ListedEntry {
+            flag: "enable-admission-plugins",
+            entry: "NodeRestriction",
+            kept: true,
+        },
+        ListedEntry {
+            flag: "disable-admission-plugins",
+            entry: "NodeRestriction",
+            kept: false,
+        },
+    ],
+};
+
+pub const CONTROLLER_MANAGER_FLAGS: ComponentFlags = ComponentFlags {
+    path: "spec.controlPlane.controllerManager",
+    reserved: &[
+        "authentication-kubeconfig",
+        "authorization-kubeconfig",
+        "bind-address",
+        "client-ca-file",
+        "cluster-cidr",
+        "cluster-name",
+        "cluster-signing-cert-file",
+        "cluster-signing-key-file",
+        // Per-signer files cannot be combined with cluster-signing-cert-file/-key-file.
+        "cluster-signing-kube-apiserver-client-cert-file",
+        "cluster-signing-kube-apiserver-client-key-file",
+        "cluster-signing-kubelet-client-cert-file",
+        "cluster-signing-kubelet-client-key-file",
+        "cluster-signing-kubelet-serving-cert-file",
+        "cluster-signing-kubelet-serving-key-file",
+        "cluster-signing-legacy-unknown-cert-file",
+        "cluster-signing-legacy-unknown-key-file",
+        "kubeconfig",
+        // Several replicas run at once.
+        "leader-elect",
+        // Would point the controllers past the kubeconfig's server.
+        "master",
+        "requestheader-client-ca-file",
+        "root-ca-file",
+        "secure-port",
+        "service-account-private-key-file",
+        "service-cluster-ip-range",
+        // The RBAC of each controller is bound to its own service account.
+        "use-service-account-credentials",
+    ],
+    tunable: &[
+        // A CNI with its own address management does without node ranges.
+        "allocate-node-cidrs",
+        // Users switch controllers off (bootstrapsigner and tokencleaner stay, see `listed`).
+        "controllers",
+    ],
+    listed: &[
+        ListedEntry {
+            flag: "controllers",
+            entry: "bootstrapsigner",
+            kept: true,
+        },
+        ListedEntry {
+            flag: "controllers",
+            entry: "tokencleaner",
+            kept: true,
+        },
+    ],
+};
+
+pub const SCHEDULER_FLAGS: ComponentFlags = ComponentFlags {
+    path: "spec.controlPlane.scheduler",
+    reserved: &[
+        "authentication-kubeconfig",
+        "authorization-kubeconfig",
+        "bind-address",
+        "kubeconfig",
+        "leader-elect",
+        "master",
+        "secure-port",
+    ],
+    tunable: &[],
+    listed: &[],
+};
+
+pub const KONNECTIVITY_SERVER_FLAGS: ComponentFlags = ComponentFlags {
+    path: "spec.controlPlane.konnectivityServer",
+    reserved: &[
+        "admin-port",
+        "agent-namespace",
+        "agent-port",
+        "agent-service-account",
+        "authentication-audience",
+        "cluster-cert",
+        "cluster-key",
+        "delete-existing-uds-file",
+        "health-port",
+        "kubeconfig",
+        "mode",
+        "proxy-strategies",
+        "server-count",
+        "server-port",
+        "uds-name",
+    ],
+    tunable: &[],
+    listed: &[],
+};
+
+/// Ports the other containers of the control-plane pod listen on (konnectivity-server's agent,
+/// admin and health ports, kube-controller-manager's and kube-scheduler's secure ports).
+pub const CONTROL_PLANE_POD_PORTS: &[i32] = &[8132, 8133, 8134, 10257, 10259];
+
+/// `[registry[:port]/]path[:tag][@sha256:digest]`, path components in lower case: the reference
+/// grammar of container images with sha256 digests only. `[.]` rather than `\.` keeps it free of
+/// escapes inside a CEL string.
+pub const IMAGE_PATTERN: &str = "^([a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?([.][a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)*(:[0-9]+)?/)?[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*(:[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$";
+
+/// CEL list literal of `items`.
+fn cel_list(items: &[&str]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| format!("'{i}'")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// `extraArgs` may not name a reserved flag. Map lookups keep the cost to one per flag.
+fn reserved_flags_rule(c: &ComponentFlags) -> Rule {
+    let reserved = cel_list(c.reserved);
+    Rule::new(format!(
+        "!has(self.extraArgs) || {reserved}.all(f, !(f in self.extraArgs))"
+    ))
+    .message(Message::Expression(format!(
+        "'{}.extraArgs may not set ' + {reserved}.filter(f, f in self.extraArgs)[0] + ': Orrery owns that setting'",
+        c.path
+    )))
+    .field_path(".extraArgs")
+}
+
+/// A comma-separated flag, when set, keeps (or leaves out) the entries Orrery relies on.
+fn listed_entries_rule(c: &ComponentFlags) -> Rule {
+    let conditions: Vec<String> = c
+        .listed
+        .iter()
+        .map(|l| {
+            let named = format!(
+                "self.extraArgs['{}'].matches('(^|,)[ ]*{}[ ]*(,|$)')",
+                l.flag, l.entry
+            );
+            let wanted = if l.kept { named } else { format!("!{named}") };
+            format!("(!('{}' in self.extraArgs) || {wanted})", l.flag)
+        })
+        .collect();
+    let wants: Vec<String> = c
+        .listed
+        .iter()
+        .map(|l| {
+            let verb = if l.kept { "must list" } else { "must not list" };
+            format!("{} {verb} {}", l.flag, l.entry)
+        })
+        .collect();
+    Rule::new(format!(
+        "!has(self.extraArgs) || ({})",
+        conditions.join(" && ")
+    ))
+    .message(Message::Message(format!(
+        "{}.extraArgs: {} (Orrery relies on these)",
+        c.path,
+        wants.join("; ")
+    )))
+    .field_path(".extraArgs")
+}
+
+/// `!has(at) || ` for a field below `self`; nothing for `self`, whose rules run only when set.
+fn unless_unset(at: &str) -> String {
+    if at == "self" {
+        String::new()
+    } else {
+        format!("!has({at}) || ")
+    }
+}
+
+/// Points a failed rule at the field `at` below `self`.
+fn at_field(rule: Rule, at: &str) -> Rule {
+    match at.strip_prefix("self") {
+        Some(field) if !field.is_empty() => rule.field_path(field),
+        _ => rule,
+    }
+}
+
+/// The image at `at` (a string below `self`, or `self`) is a well-formed reference.
+fn image_rule(path: &str, at: &str) -> Rule {
+    let rule = Rule::new(format!(
+        "{}{at}.matches('{IMAGE_PATTERN}')",
+        unless_unset(at)
+    ))
+    .message(Message::Message(format!(
+        "{path}.image must be an image reference [registry[:port]/]path[:tag][@sha256:<64 hex digits>] with lower-case path components, such as registry.k8s.io/kube-apiserver:v1.34.4"
+    )));
+    at_field(rule, at)
+}
+
+/// Every request and limit of the ResourceRequirements at `at` is a non-negative quantity.
+fn quantities_rule(path: &str, at: &str) -> Rule {
+    let valid = |map: &str| {
+        format!(
+            "(!has({at}.{map}) || {at}.{map}.all(r, isQuantity(string({at}.{map}[r])) && !quantity(string({at}.{map}[r])).isLessThan(quantity('0'))))"
+        )
+    };
+    let rule = Rule::new(format!(
+        "{}({} && {})",
+        unless_unset(at),
+        valid("requests"),
+        valid("limits")
+    ))
+    .message(Message::Message(format!(
+        "{path}.resources: requests and limits must be non-negative quantities such as 500m or 1Gi"
+    )));
+    at_field(rule, at)
+}
+
+/// No request of the ResourceRequirements at `at` exceeds the limit of the same name.
+fn requests_within_limits_rule(path: &str, at: &str) -> Rule {
+    let q = |map: &str| format!("string({at}.{map}[r])");
+    let (req, lim) = (q("requests"), q("limits"));
+    let exceeds = format!(
+        "r in {at}.limits && isQuantity({req}) && isQuantity({lim}) && quantity({req}).isGreaterThan(quantity({lim}))"
+    );
+    let rule = Rule::new(format!(
+        "{}!has({at}.requests) || !has({at}.limits) || !{at}.requests.exists(r, {exceeds})",
+        unless_unset(at)
+    ))
+    .message(Message::Expression(format!(
+        "'{path}.resources.requests.' + {at}.requests.filter(r, {exceeds})[0] + ' must not exceed {path}.resources.limits.' + {at}.requests.filter(r, {exceeds})[0]"
+    )));
+    at_field(rule, at)
+}
+
+/// The apiserver's port is not one another container of the pod listens on.
+fn port_free_in_pod_rule() -> Rule {
+    let ports: Vec<String> = CONTROL_PLANE_POD_PORTS.iter().map(i32::to_string).collect();
+    Rule::new(format!("!(self in [{}])", ports.join(", "))).message(Message::Message(format!(
+        "spec.network.port must not be {}: other containers of the control-plane pod listen there",
+        ports.join(", ")
+    )))
+}
+
+/// kube-apiserver before v1.34 refuses a service range of more than 2^20 addresses.
+fn service_range_size_rule() -> Rule {
+    Rule::new(
+        "!has(self.network) || !isCIDR(self.network.serviceCIDR) || \
+         !self.version.matches('^v1\\\\.[0-9]+\\\\.[0-9]+$') || int(self.version.split('.')[1]) >= 34 || \
+         cidr(self.network.serviceCIDR).prefixLength() >= (cidr(self.network.serviceCIDR).ip().family() == 4 ? 12 : 108)",
+    )
+    .message("spec.network.serviceCIDR may hold at most 2^20 addresses (a /12 for IPv4, a /108 for IPv6) before Kubernetes v1.34")
+}
+
+/// kube-controller-manager flags that change how it splits the pod range into node ranges.
+pub const NODE_RANGE_FLAGS: &[&str] = &[
+    "allocate-node-cidrs",
+    "node-cidr-mask-size",
+    "node-cidr-mask-size-ipv4",
+    "node-cidr-mask-size-ipv6",
+];
+
+/// kube-controller-manager gives each node a /24 (IPv4) or /64 (IPv6) of the pod range and, for
+/// IPv6, handles at most 2^16 of them; unless the user changes that in its extraArgs.
+fn pod_range_size_rule() -> Rule {
+    let flags = cel_list(NODE_RANGE_FLAGS);
+    Rule::new(format!(
+        "!has(self.network) || !isCIDR(self.network.podCIDR) || \
+         (has(self.controlPlane) && has(self.controlPlane.controllerManager) && has(self.controlPlane.controllerManager.extraArgs) && \
+          {flags}.exists(f, f in self.controlPlane.controllerManager.extraArgs)) || \
+         (cidr(self.network.podCIDR).ip().family() == 4 ? cidr(self.network.podCIDR).prefixLength() <= 24 : \
+          (cidr(self.network.podCIDR).prefixLength() >= 48 && cidr(self.network.podCIDR).prefixLength() <= 64))"
+    ))
+    .message("spec.network.podCIDR must be a /24 or larger for IPv4, a /48 to /64 for IPv6: kube-controller-manager gives each node a /24 or a /64 of it")
+}
+
+/// Bounds the requests and limits maps so that CEL rules over them fit the apiserver's cost
+/// budget: 16 resource names, quantities of at most 64 characters.
+fn bounded_resources(schema: &mut schemars::Schema) {
+    let properties = schema
+        .get_mut("properties")
+        .and_then(serde_json::Value::as_object_mut)
+        .expect("ResourceRequirements has properties");
+    for map in ["limits", "requests"] {
+        let map = properties
+            .get_mut(map)
+            .and_then(serde_json::Value::as_object_mut)
+            .expect("ResourceRequirements has limits and requests");
+        map.insert("maxProperties".into(), 16.into());
+        map.get_mut("additionalProperties")
+            .and_then(serde_json::Value::as_object_mut)
+            .expect("limits and requests are maps")
+            .insert("maxLength".into(), 64.into());
+    }
+}
+
+/// Bounds flag values so that CEL rules reading them fit the apiserver's cost budget.
+fn bounded_flag_values(schema: &mut schemars::Schema) {
+    schema
+        .get_mut("additionalProperties")
+        .and_then(serde_json::Value::as_object_mut)
+        .expect("extraArgs is a map")
+        .insert("maxLength".into(), 4096.into());
 }

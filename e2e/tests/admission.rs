@@ -5,7 +5,8 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
 use orrery::api::{DataStore, TenantControlPlane};
-use orrery_e2e::{Ground, install_crds, unique_name};
+use orrery_e2e::{Ground, install_crds, repo_root, unique_name};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 fn tcp_api(client: &Client, ns: &str) -> Api<DynamicObject> {
@@ -34,6 +35,23 @@ fn datastore(name: &str, spec: Value) -> DynamicObject {
         "metadata": {"name": name}, "spec": spec,
     }))
     .unwrap()
+}
+
+/// The objects of kind `kind` in an example manifest under `examples/`.
+fn example_objects(file: &str, kind: &str) -> Vec<DynamicObject> {
+    let path = repo_root().join("examples").join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).unwrap())
+        .filter(|doc| doc["kind"] == kind)
+        .map(|doc| serde_json::from_value(doc).unwrap())
+        .collect()
+}
+
+/// A tenant spec of the current version with the fields of `spec`.
+fn with_version(mut spec: Value) -> Value {
+    spec["version"] = json!("v1.34.4");
+    spec
 }
 
 fn dry_run() -> PostParams {
@@ -224,13 +242,275 @@ async fn bad_tenant_specs_are_refused_on_create() {
             "spec.dataStore",
         ),
     ];
-    assert!(cases.len() >= 20);
+    let with = with_version;
+    let digest = "a".repeat(64);
+    let cases: Vec<(&str, Value, &str)> = cases
+        .into_iter()
+        .chain([
+            // Flags Orrery sets, and entries of tunable flags it relies on.
+            (
+                "apiserver etcd-servers",
+                with(json!({"controlPlane": {"apiServer": {"extraArgs": {"v": "2", "etcd-servers": "https://elsewhere:2379"}}}})),
+                "spec.controlPlane.apiServer.extraArgs may not set etcd-servers",
+            ),
+            (
+                "apiserver service-account-issuer",
+                with(json!({"controlPlane": {"apiServer": {"extraArgs": {"service-account-issuer": "https://x"}}}})),
+                "spec.controlPlane.apiServer.extraArgs may not set service-account-issuer",
+            ),
+            (
+                "apiserver etcd-servers-overrides",
+                with(json!({"controlPlane": {"apiServer": {"extraArgs": {"etcd-servers-overrides": "/events#https://x:2379"}}}})),
+                "spec.controlPlane.apiServer.extraArgs may not set etcd-servers-overrides",
+            ),
+            (
+                "controller-manager signing key",
+                with(json!({"controlPlane": {"controllerManager": {"extraArgs": {"cluster-signing-key-file": "/k"}}}})),
+                "spec.controlPlane.controllerManager.extraArgs may not set cluster-signing-key-file",
+            ),
+            (
+                "scheduler kubeconfig",
+                with(json!({"controlPlane": {"scheduler": {"extraArgs": {"authentication-kubeconfig": "/k"}}}})),
+                "spec.controlPlane.scheduler.extraArgs may not set authentication-kubeconfig",
+            ),
+            (
+                "konnectivity-server socket",
+                with(json!({"controlPlane": {"konnectivityServer": {"extraArgs": {"uds-name": "/tmp/s"}}}})),
+                "spec.controlPlane.konnectivityServer.extraArgs may not set uds-name",
+            ),
+            (
+                "admission plugins without NodeRestriction",
+                with(json!({"controlPlane": {"apiServer": {"extraArgs": {"enable-admission-plugins": "AlwaysPullImages"}}}})),
+                "spec.controlPlane.apiServer.extraArgs: enable-admission-plugins must list NodeRestriction",
+            ),
+            (
+                "NodeRestriction disabled",
+                with(json!({"controlPlane": {"apiServer": {"extraArgs": {"disable-admission-plugins": "DefaultStorageClass,NodeRestriction"}}}})),
+                "disable-admission-plugins must not list NodeRestriction",
+            ),
+            (
+                "controllers without bootstrapsigner",
+                with(json!({"controlPlane": {"controllerManager": {"extraArgs": {"controllers": "*,tokencleaner"}}}})),
+                "spec.controlPlane.controllerManager.extraArgs: controllers must list bootstrapsigner",
+            ),
+            // Resources.
+            (
+                "apiserver cpu request above limit",
+                with(json!({"controlPlane": {"apiServer": {"resources": {"requests": {"cpu": 2}, "limits": {"cpu": "1500m"}}}}})),
+                "spec.controlPlane.apiServer.resources.requests.cpu must not exceed spec.controlPlane.apiServer.resources.limits.cpu",
+            ),
+            (
+                "controller-manager memory request above limit",
+                with(json!({"controlPlane": {"controllerManager": {"resources": {"requests": {"memory": "1Gi"}, "limits": {"memory": "512Mi"}}}}})),
+                "spec.controlPlane.controllerManager.resources.requests.memory must not exceed",
+            ),
+            (
+                "scheduler request above limit",
+                with(json!({"controlPlane": {"scheduler": {"resources": {"requests": {"cpu": "200m", "memory": "2G"}, "limits": {"cpu": "1", "memory": "1Gi"}}}}})),
+                "spec.controlPlane.scheduler.resources.requests.memory must not exceed",
+            ),
+            (
+                "konnectivity-server request above limit",
+                with(json!({"controlPlane": {"konnectivityServer": {"resources": {"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}}}}})),
+                "spec.controlPlane.konnectivityServer.resources.requests.memory must not exceed",
+            ),
+            (
+                "resource not a quantity",
+                with(json!({"controlPlane": {"apiServer": {"resources": {"limits": {"memory": "lots"}}}}})),
+                "spec.controlPlane.apiServer.resources: requests and limits must be non-negative quantities",
+            ),
+            (
+                "negative request",
+                with(json!({"controlPlane": {"scheduler": {"resources": {"requests": {"cpu": "-1"}}}}})),
+                "spec.controlPlane.scheduler.resources: requests and limits must be non-negative quantities",
+            ),
+            // Addresses and their families.
+            (
+                "DNS IP is the network address",
+                with(json!({"network": {"dnsServiceIP": "10.96.0.0"}})),
+                "spec.network.dnsServiceIP must not be the network address of spec.network.serviceCIDR nor its first address",
+            ),
+            (
+                "DNS IP is the kubernetes Service's",
+                with(json!({"network": {"dnsServiceIP": "10.96.0.1"}})),
+                "spec.network.dnsServiceIP must not be the network address",
+            ),
+            (
+                "IPv6 DNS IP is the kubernetes Service's",
+                with(json!({"network": {"serviceCIDR": "fd00:10:96::/108", "podCIDR": "fd00:10:244::/56", "dnsServiceIP": "fd00:10:96::1"}})),
+                "spec.network.dnsServiceIP must not be the network address",
+            ),
+            (
+                "certSAN 0.0.0.0",
+                with(json!({"network": {"certSANs": ["api.example.com", "0.0.0.0"]}})),
+                "spec.network.certSANs must not contain an unspecified address",
+            ),
+            (
+                "certSAN ::",
+                with(json!({"network": {"certSANs": ["::"]}})),
+                "spec.network.certSANs must not contain an unspecified address",
+            ),
+            (
+                "service CIDR /29",
+                with(json!({"network": {"serviceCIDR": "10.96.0.0/29"}})),
+                "spec.network.serviceCIDR must hold at least 16 addresses",
+            ),
+            (
+                "service CIDR /32",
+                with(json!({"network": {"serviceCIDR": "10.96.0.1/32"}})),
+                "spec.network.serviceCIDR must hold at least 16 addresses",
+            ),
+            (
+                "IPv6 service CIDR /125",
+                with(json!({"network": {"serviceCIDR": "fd00:10:96::/125", "podCIDR": "fd00:10:244::/56"}})),
+                "spec.network.serviceCIDR must hold at least 16 addresses",
+            ),
+            (
+                "service CIDR over 2^20 addresses before v1.34",
+                json!({"version": "v1.33.4", "network": {"serviceCIDR": "10.0.0.0/11", "podCIDR": "10.244.0.0/16"}}),
+                "spec.network.serviceCIDR may hold at most 2^20 addresses",
+            ),
+            (
+                "pod CIDR smaller than a node's range",
+                with(json!({"network": {"podCIDR": "10.244.0.0/25"}})),
+                "spec.network.podCIDR must be a /24 or larger for IPv4",
+            ),
+            (
+                "IPv6 pod CIDR of more than 2^16 node ranges",
+                with(json!({"network": {"serviceCIDR": "fd00:10:96::/108", "podCIDR": "fd00::/32"}})),
+                "spec.network.podCIDR must be a /24 or larger for IPv4, a /48 to /64 for IPv6",
+            ),
+            (
+                "IPv4 services, IPv6 pods",
+                with(json!({"network": {"podCIDR": "fd00:10:244::/56"}})),
+                "spec.network.serviceCIDR and spec.network.podCIDR must be of one IP family",
+            ),
+            (
+                "IPv6 DNS IP in an IPv4 service CIDR",
+                with(json!({"network": {"dnsServiceIP": "fd00::a"}})),
+                "spec.network.dnsServiceIP must be of the IP family of spec.network.serviceCIDR",
+            ),
+            (
+                "apiserver port taken by the scheduler",
+                with(json!({"network": {"port": 10259}})),
+                "spec.network.port must not be 8132, 8133, 8134, 10257, 10259",
+            ),
+            // Image references.
+            (
+                "apiserver image with a space",
+                with(json!({"controlPlane": {"apiServer": {"image": "my apiserver:1"}}})),
+                "spec.controlPlane.apiServer.image must be an image reference",
+            ),
+            (
+                "controller-manager image with a trailing slash",
+                with(json!({"controlPlane": {"controllerManager": {"image": "registry.example/kcm/"}}})),
+                "spec.controlPlane.controllerManager.image must be an image reference",
+            ),
+            (
+                "scheduler image with a leading colon",
+                with(json!({"controlPlane": {"scheduler": {"image": ":v1.34.4"}}})),
+                "spec.controlPlane.scheduler.image must be an image reference",
+            ),
+            (
+                "konnectivity-server image with upper-case path",
+                with(json!({"controlPlane": {"konnectivityServer": {"image": "registry.example/Proxy-Server:v1"}}})),
+                "spec.controlPlane.konnectivityServer.image must be an image reference",
+            ),
+            (
+                "CoreDNS image with two tags",
+                with(json!({"addons": {"coreDNS": {"image": "coredns/coredns:1.12:1"}}})),
+                "spec.addons.coreDNS.image must be an image reference",
+            ),
+            (
+                "kube-proxy image with a short digest",
+                with(json!({"addons": {"kubeProxy": {"image": "kube-proxy@sha256:abc"}}})),
+                "spec.addons.kubeProxy.image must be an image reference",
+            ),
+            (
+                "konnectivity-agent image with a sha512 digest",
+                with(json!({"addons": {"konnectivity": {"image": format!("agent@sha512:{digest}")}}})),
+                "spec.addons.konnectivity.image must be an image reference",
+            ),
+        ])
+        .collect();
+    assert!(cases.len() >= 60);
     for (case, spec, expected) in cases {
         assert_refused(
             case,
             api.create(&dry_run(), &tcp("bad", spec)).await,
             expected,
         );
+    }
+    teardown(&s).await;
+}
+
+#[tokio::test]
+async fn good_tenant_specs_and_the_examples_are_accepted() {
+    let s = setup().await;
+    let api = tcp_api(&s.client, &s.ns);
+    let digest = "0123456789abcdef".repeat(4);
+    let good: Vec<(&str, Value)> = vec![
+        ("minimal", json!({"version": "v1.34.4"})),
+        (
+            "tunable flags",
+            json!({"version": "v1.34.4", "controlPlane": {
+                "apiServer": {"extraArgs": {"v": "4", "enable-admission-plugins": "NodeRestriction,AlwaysPullImages", "kubelet-preferred-address-types": "InternalIP"}},
+                "controllerManager": {"extraArgs": {"controllers": "*,bootstrapsigner,tokencleaner,-ttl", "allocate-node-cidrs": "false"}},
+                "scheduler": {"extraArgs": {"v": "2"}},
+                "konnectivityServer": {"extraArgs": {"keepalive-time": "1m"}}
+            }}),
+        ),
+        (
+            "requests equal to limits in other units",
+            json!({"version": "v1.34.4", "controlPlane": {
+                "apiServer": {"resources": {"requests": {"cpu": 1, "memory": "1Gi"}, "limits": {"cpu": "1000m", "memory": "1024Mi"}}},
+                "scheduler": {"resources": {"requests": {"cpu": "100m"}, "limits": {"memory": "64Mi"}}}
+            }}),
+        ),
+        (
+            "images with registries, ports, tags and digests",
+            json!({"version": "v1.34.4",
+                "controlPlane": {
+                    "apiServer": {"image": "registry.example:5000/k8s/kube-apiserver:v1.34.4"},
+                    "scheduler": {"image": format!("registry.k8s.io/kube-scheduler:v1.34.4@sha256:{digest}")},
+                    "konnectivityServer": {"image": "localhost:5000/proxy_server__x--y"}
+                },
+                "addons": {"coreDNS": {"image": "coredns/coredns:1.12.1"}, "kubeProxy": {"image": format!("kube-proxy@sha256:{digest}")}}
+            }),
+        ),
+        (
+            "IPv6",
+            json!({"version": "v1.34.4", "network": {"serviceCIDR": "fd00:10:96::/108", "podCIDR": "fd00:10:244::/56", "dnsServiceIP": "fd00:10:96::a", "certSANs": ["::1"]}}),
+        ),
+        (
+            "smallest service range, DNS at its end",
+            json!({"version": "v1.34.4", "network": {"serviceCIDR": "10.96.0.0/28", "dnsServiceIP": "10.96.0.14"}}),
+        ),
+        (
+            "service range over 2^20 addresses from v1.34",
+            json!({"version": "v1.34.4", "network": {"serviceCIDR": "10.0.0.0/11", "podCIDR": "10.244.0.0/16"}}),
+        ),
+        (
+            "small pod range with smaller node ranges",
+            json!({"version": "v1.34.4", "network": {"podCIDR": "10.244.0.0/26"}, "controlPlane": {"controllerManager": {"extraArgs": {"node-cidr-mask-size": "28"}}}}),
+        ),
+    ];
+    for (case, spec) in good {
+        api.create(&dry_run(), &tcp("good", spec))
+            .await
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+    }
+    let examples: Vec<_> = ["tenant-minimal.yaml", "tenant-ha.yaml"]
+        .into_iter()
+        .flat_map(|f| example_objects(f, "TenantControlPlane"))
+        .collect();
+    assert_eq!(examples.len(), 2);
+    for mut example in examples {
+        let name = example.metadata.name.clone();
+        example.metadata.namespace = Some(s.ns.clone());
+        api.create(&dry_run(), &example)
+            .await
+            .unwrap_or_else(|e| panic!("example {name:?}: {e}"));
     }
     teardown(&s).await;
 }
@@ -367,6 +647,23 @@ async fn bad_datastores_are_refused() {
     )
     .await
     .expect("valid managed");
+    api.create(
+        &dry_run(),
+        &datastore(
+            &name,
+            json!({"managed": {"namespace": "etcd", "image": "registry.k8s.io/etcd:3.6.4-0",
+                "resources": {"requests": {"cpu": "200m", "memory": "512Mi"}, "limits": {"cpu": 1, "memory": "2Gi"}}}}),
+        ),
+    )
+    .await
+    .expect("valid managed with image and resources");
+    for file in ["datastore-managed.yaml", "datastore-external.yaml"] {
+        for example in example_objects(file, "DataStore") {
+            api.create(&dry_run(), &example)
+                .await
+                .unwrap_or_else(|e| panic!("example {file}: {e}"));
+        }
+    }
     let mut http = ext.clone();
     http["endpoints"] = json!(["http://127.0.0.1:2379"]);
     let mut no_port = ext.clone();
@@ -401,6 +698,21 @@ async fn bad_datastores_are_refused() {
             "managed without namespace",
             json!({"managed": {"replicas": 3}}),
             "spec.managed.namespace",
+        ),
+        (
+            "etcd image with a space",
+            json!({"managed": {"namespace": "etcd", "image": "registry.k8s.io/etcd:3.6.4 -0"}}),
+            "spec.managed.image must be an image reference",
+        ),
+        (
+            "etcd memory request above limit",
+            json!({"managed": {"namespace": "etcd", "resources": {"requests": {"memory": "3Gi"}, "limits": {"memory": "2Gi"}}}}),
+            "spec.managed.resources.requests.memory must not exceed spec.managed.resources.limits.memory",
+        ),
+        (
+            "etcd limit not a quantity",
+            json!({"managed": {"namespace": "etcd", "resources": {"limits": {"cpu": "two"}}}}),
+            "spec.managed.resources: requests and limits must be non-negative quantities",
         ),
     ];
     for (case, spec, expected) in cases {
