@@ -197,6 +197,8 @@ async fn converge(
     st: &mut Tracker,
     notes: &mut Notes,
 ) -> Result<(), Stop> {
+    // A spec that cannot work stops here, before anything is read or written.
+    validate::spec(tcp)?;
     let read = dereference::read(tcp, ctx).await?;
     st.status.data_store = Some(read.datastore.clone());
     validate::datastore(tcp, &read)?;
