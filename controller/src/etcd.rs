@@ -88,9 +88,34 @@ fn is_not_found(e: &etcd_client::Error) -> bool {
     matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("not found"))
 }
 
+/// etcd refuses a request whose permissions were checked against an auth store that changed
+/// before the request applied (another tenant's user or role added or removed meanwhile).
+fn is_old_auth_revision(e: &crate::Error) -> bool {
+    matches!(e, crate::Error::Etcd(etcd_client::Error::GRpcStatus(s)) if s.message().contains("revision of auth store is old"))
+}
+
+/// Runs an idempotent sequence of etcd calls again when etcd refused one for an auth store that
+/// changed under it, as etcd's own client does.
+async fn again<T, Fut>(mut run: impl FnMut() -> Fut) -> Result<T>
+where
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    for _ in 0..4 {
+        match run().await {
+            Err(e) if is_old_auth_revision(&e) => continue,
+            result => return result,
+        }
+    }
+    run().await
+}
+
 /// Makes sure the tenant's role (read-write on its prefix only) and user exist. Reads first and
 /// writes only what is missing, so a steady state costs no etcd writes.
 pub async fn ensure_tenant(etcd: &mut EtcdClient, namespace: &str, name: &str) -> Result<()> {
+    again(|| ensure_tenant_once(etcd.clone(), namespace, name)).await
+}
+
+async fn ensure_tenant_once(mut etcd: EtcdClient, namespace: &str, name: &str) -> Result<()> {
     let user = etcd_user(namespace, name);
     let prefix = role_prefix(namespace, name);
     let wanted = Permission::read_write(prefix.as_bytes().to_vec()).with_prefix();
@@ -129,6 +154,10 @@ pub async fn ensure_tenant(etcd: &mut EtcdClient, namespace: &str, name: &str) -
 
 /// Removes the tenant's keys, user and role, and nothing else.
 pub async fn remove_tenant(etcd: &mut EtcdClient, namespace: &str, name: &str) -> Result<i64> {
+    again(|| remove_tenant_once(etcd.clone(), namespace, name)).await
+}
+
+async fn remove_tenant_once(mut etcd: EtcdClient, namespace: &str, name: &str) -> Result<i64> {
     let user = etcd_user(namespace, name);
     // Access is revoked before the keys go: a tenant apiserver still running cannot write a key
     // after the prefix was emptied. etcd checks the user's permissions on every request.

@@ -42,6 +42,13 @@ struct Harness {
 fn harness() -> &'static Harness {
     static HARNESS: OnceLock<Harness> = OnceLock::new();
     HARNESS.get_or_init(|| {
+        // The in-process controller's log, when asked for: ORRERY_TEST_LOG=orrery=debug.
+        if let Ok(filter) = std::env::var("ORRERY_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let ground = Ground::get().expect("test ground");
         install_crds(&ground);
         setup_datastore(&ground);
@@ -243,6 +250,21 @@ async fn etcd_root() -> EtcdClient {
     let dir = harness().ground.var("ORRERY_TENANT_ETCD_DIR");
     let read = |f: &str| std::fs::read_to_string(Path::new(&dir).join(f)).unwrap();
     etcd_as(&read("root.crt"), &read("root.key")).await
+}
+
+/// Writes `key`. Other tests add and remove etcd users meanwhile; etcd then refuses a request
+/// checked against the older auth store and asks to try again, as its own client (the
+/// apiserver's) does.
+async fn put(etcd: &mut EtcdClient, key: String) -> Result<(), etcd_client::Error> {
+    let mut tries = 0;
+    loop {
+        match etcd.put(key.clone(), "v", None).await {
+            Err(e) if tries < 5 && e.to_string().contains("revision of auth store is old") => {
+                tries += 1
+            }
+            result => return result.map(|_| ()),
+        }
+    }
 }
 
 /// resourceVersion of the tenant and every child, by kind/name.
@@ -556,11 +578,19 @@ async fn deleted_or_edited_children_are_restored() {
 
     let secrets = Api::<Secret>::namespaced(client.clone(), &ns.name);
     let ca_before = secrets.get("d1-ca").await.unwrap().data;
-    for name in ["d1-certs", "d1-admin-kubeconfig", "d1-kubeconfigs"] {
+    // Entries that are restored to the very same bytes (a tampered certificate would be
+    // issued anew instead, which is right but not "the same").
+    let tampered = [
+        ("d1-certs", "ca.crt"),
+        ("d1-admin-kubeconfig", "kubeconfig"),
+        ("d1-kubeconfigs", "scheduler.conf"),
+    ];
+    for (name, key) in tampered {
         let data = secrets.get(name).await.unwrap().data;
-        let key = data.as_ref().unwrap().keys().next().unwrap().clone();
-        let tampered = json!({"data": {key: "dGFtcGVyZWQ="}});
-        edit_and_see_restored(&secrets, name, tampered, |s| s.data == data).await;
+        let patch = json!({"data": {key: "dGFtcGVyZWQ="}});
+        edit_and_see_restored(&secrets, name, patch, |s| s.data == data).await;
+    }
+    for (name, _) in tampered {
         delete_and_see_restored(&secrets, name).await;
     }
     assert_eq!(
@@ -581,11 +611,26 @@ async fn a_lost_authority_is_reported_never_replaced() {
     let secrets = Api::<Secret>::namespaced(client.clone(), &ns.name);
     for name in ["l1-ca", "l1-front-proxy-ca", "l1-sa"] {
         let kept = secrets.get(name).await.unwrap();
-        secrets
-            .delete(name, &DeleteParams::default())
-            .await
-            .unwrap();
-        wait_condition(&api, "l1", "CertificatesReady", "False", "AuthorityMissing").await;
+        // A reconcile that read the Secret just before the deletion puts the same one back;
+        // delete until a reconcile sees it gone. A different authority is never acceptable.
+        eventually(&format!("{name} reported missing"), WAIT, || async {
+            let _ = secrets.delete(name, &DeleteParams::default()).await;
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if let Some(back) = secrets.get_opt(name).await.ok()? {
+                    assert_eq!(back.data, kept.data, "{name} was made anew");
+                    return None;
+                }
+                let tcp = api.get("l1").await.ok()?;
+                let missing = ("False".to_string(), "AuthorityMissing".to_string());
+                if condition(&tcp, "CertificatesReady") == Some(missing) {
+                    return Some(());
+                }
+            }
+            None
+        })
+        .await
+        .unwrap();
         let tcp = api.get("l1").await.unwrap();
         let message = tcp
             .status
@@ -750,7 +795,7 @@ async fn delete_removes_everything_including_etcd_keys_user_and_role() {
         )
         .await;
         for k in ["pods/default/a", "configmaps/kube-system/b"] {
-            etcd.put(format!("/orrery/{}/{t}/{k}", ns.name), "v", None)
+            put(&mut etcd, format!("/orrery/{}/{t}/{k}", ns.name))
                 .await
                 .unwrap();
         }
@@ -758,13 +803,7 @@ async fn delete_removes_everything_including_etcd_keys_user_and_role() {
     }
     // A tenant cannot read or write another tenant's keys.
     let gone = etcd_of.get_mut("gone").unwrap();
-    let denied = gone
-        .put(
-            format!("/orrery/{}/kept/pods/default/x", ns.name),
-            "v",
-            None,
-        )
-        .await;
+    let denied = put(gone, format!("/orrery/{}/kept/pods/default/x", ns.name)).await;
     assert!(
         denied.is_err_and(|e| e.to_string().contains("permission denied")),
         "cross-tenant write must be denied"

@@ -49,7 +49,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 const CONTROLLER: &str = "tenantcontrolplane";
 /// Removes the tenant's etcd keys, user and role before the object goes.
@@ -99,6 +99,11 @@ async fn reconcile_tenant(tcp: Arc<TenantControlPlane>, ctx: Arc<Context>) -> Re
     let outcome = converge(&tcp, &ctx, &mut tracker, &mut notes).await;
     if let Err(Stop::Blocked(b)) = &outcome {
         notes.news = tracker.block(b);
+        if notes.news {
+            info!(reason = b.reason, message = %b.message, "blocked");
+        } else {
+            debug!(reason = b.reason, "still blocked");
+        }
     }
     tracker.finish(&tcp.spec.version, &outcome, ctx.settings.tenant_access);
     if tcp.status.as_ref() != Some(&tracker.status) {
@@ -115,6 +120,7 @@ async fn reconcile_tenant(tcp: Arc<TenantControlPlane>, ctx: Arc<Context>) -> Re
         .await?;
     }
     tell(&tcp, &ctx, &outcome, &notes, &tracker.status).await;
+    debug!(outcome = ?outcome.as_ref().map_err(Stop::category), "reconciled");
     match outcome {
         Ok(()) => {
             let wait = notes
