@@ -157,7 +157,9 @@ imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: 100Mi, nodefs.available: 1%, nodefs.inodesFree: 1%, imagefs.available: 1%}
 nodeStatusReportFrequency: 1m
 YAML
-  cat >"$live_dir/kube-proxy.yaml" <<YAML
+  # kube-proxy exits as soon as its configuration file is written to (a supervisor is to restart
+  # it), so the file is replaced only when its content changes: `up` on a running ground keeps it.
+  replace_if_changed "$live_dir/kube-proxy.yaml" <<YAML
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection: {kubeconfig: $live_dir/kube-proxy.conf}
@@ -171,6 +173,12 @@ conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeou
 iptables: {localhostNodePorts: false}
 nodePortAddresses: [primary]
 YAML
+}
+
+# Writes stdin to the file unless the file holds exactly that already.
+replace_if_changed() { # file
+  cat >"$1.new"
+  if cmp -s "$1.new" "$1"; then rm -f "$1.new"; else mv "$1.new" "$1"; fi
 }
 
 # Saves the kernel settings once (until `down` restores them), then sets what the node needs.
