@@ -315,7 +315,8 @@ mod tests {
             ),
             "{text}"
         );
-        // 5 ms or more: not in the 1, 2 and 4 ms buckets, in the 64 ms one and in +Inf.
+        // 5 ms or more: not in the 1, 2 and 4 ms buckets; in the last finite one and in +Inf.
+        // (No upper bound on a busy machine's sleep: the 64 ms bucket is not asserted.)
         let bucket = |le: &str| {
             format!(
                 r#"orrery_reconcile_duration_seconds_bucket{{le="{le}",controller="datastore"}}"#
@@ -324,7 +325,6 @@ mod tests {
         for (le, count) in [
             ("0.001", 0),
             ("0.004", 0),
-            ("0.064", 1),
             ("65.536", 1),
             ("+Inf", 1),
         ] {
