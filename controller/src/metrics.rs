@@ -322,12 +322,7 @@ mod tests {
                 r#"orrery_reconcile_duration_seconds_bucket{{le="{le}",controller="datastore"}}"#
             )
         };
-        for (le, count) in [
-            ("0.001", 0),
-            ("0.004", 0),
-            ("65.536", 1),
-            ("+Inf", 1),
-        ] {
+        for (le, count) in [("0.001", 0), ("0.004", 0), ("65.536", 1), ("+Inf", 1)] {
             let line = format!("{} {count}", bucket(le));
             assert!(has_line(&text, &line), "missing {line:?} in\n{text}");
         }
