@@ -11,19 +11,6 @@
 # A directory without a matching SHA256SUMS is rebuilt; every result is written beside its final
 # name and renamed into place when complete.
 
-# The images, as virt-operator derives them from its own reference <registry>/virt-operator:<tag>.
-kubevirt_registry=quay.io/kubevirt
-kubevirt_small_images=(virt-operator virt-api virt-controller virt-exportproxy virt-exportserver)
-kubevirt_node_images=(virt-launcher virt-handler)
-
-# Statically linked Go programs; virt-launcher and virt-handler need cgo (libvirt, loaded at run
-# time) and are built apart. container-disk is C.
-kubevirt_static_cmds=(virtctl virt-operator virt-api virt-controller virt-exportproxy virt-exportserver
-  virt-launcher-monitor virt-freezer virt-probe virt-chroot virt-tail virt-launcher/libvirt-hook-client)
-kubevirt_cgo_cmds=(virt-launcher virt-handler)
-# Files of the module the images carry, by the name they have in the build.
-kubevirt_files=(qemu.conf virtqemud.conf nsswitch.conf qemu-hook node-labeller.sh)
-
 kubevirt_bin_key() {
   {
     grep '^KUBEVIRT_VERSION=' "$here/versions.env"
@@ -51,6 +38,21 @@ kubevirt_bin_is_complete() {
 }
 
 # kubevirt-recipe-begin
+# The images, as virt-operator derives them from its own reference <registry>/virt-operator:<tag>.
+kubevirt_registry=quay.io/kubevirt
+kubevirt_small_images=(virt-operator virt-api virt-controller virt-exportproxy virt-exportserver)
+kubevirt_node_images=(virt-launcher virt-handler)
+
+# Statically linked Go programs; virt-launcher and virt-handler need cgo (libvirt, loaded at run
+# time) and are built apart. container-disk is C.
+kubevirt_static_cmds=(virtctl virt-operator virt-api virt-controller virt-exportproxy virt-exportserver
+  virt-launcher-monitor virt-freezer virt-probe virt-chroot virt-tail virt-launcher/libvirt-hook-client)
+kubevirt_cgo_cmds=(virt-launcher virt-handler)
+# Files of the module the images carry, by the name they have in the build, and the manifests
+# KubeVirt releases (the operator with its CRD and RBAC, and a KubeVirt CR), made for these images.
+kubevirt_files=(qemu.conf virtqemud.conf nsswitch.conf qemu-hook node-labeller.sh
+  kubevirt-operator.yaml kubevirt-cr.yaml)
+
 # Both Go builds and the C compile run at the lowest priority, one package at a time: the
 # machine is shared with running grounds and tests.
 kubevirt_go() { # workdir go-arguments...
@@ -77,10 +79,26 @@ kubevirt_module() { # workdir kubevirt-go.mod
   {
     printf 'package tools\n\nimport (\n'
     for c in "${kubevirt_static_cmds[@]}" "${kubevirt_cgo_cmds[@]}"; do printf '\t_ "kubevirt.io/kubevirt/cmd/%s"\n' "$c"; done
+    printf '\t_ "kubevirt.io/kubevirt/tools/manifest-templator"\n'
     printf ')\n'
   } >"$work/tools.go"
   cp -r "$here/kubevirt/libnbd" "$work/libnbd"
   kubevirt_go "$work" mod tidy
+}
+
+# The release manifests, rendered as KubeVirt's hack/build-manifests.sh does: first the generated
+# parts (CRD, RBAC) included, then the variables set.
+kubevirt_manifests() { # workdir module-dir outdir
+  local work=$1 src=$2 out=$3 m
+  kubevirt_go "$work" build -p 1 -trimpath -o "$work/manifest-templator" kubevirt.io/kubevirt/tools/manifest-templator
+  for m in kubevirt-operator kubevirt-cr; do
+    "$work/manifest-templator" --process-files --generated-manifests-dir="$src/manifests/generated/" \
+      --input-file="$src/manifests/release/$m.yaml.in" >"$work/$m.yaml.in"
+    "$work/manifest-templator" --process-vars --namespace=kubevirt --container-prefix="$kubevirt_registry" \
+      --container-tag="$KUBEVIRT_VERSION" --image-pull-policy=IfNotPresent --verbosity=2 \
+      --kubevirt-logo-path="$src/assets/kubevirt_logo.png" \
+      --input-file="$work/$m.yaml.in" >"$out/$m.yaml"
+  done
 }
 
 build_kubevirt() { # outdir
@@ -111,6 +129,7 @@ build_kubevirt() { # outdir
     "$src/cmd/virt-launcher/nsswitch.conf" "$out.partial/"
   install -m 0755 "$src/cmd/virt-launcher/qemu" "$out.partial/qemu-hook"
   install -m 0755 "$src/cmd/virt-launcher/node-labeller/node-labeller.sh" "$out.partial/"
+  kubevirt_manifests "$work" "$src" "$out.partial"
   # shellcheck disable=SC2046 # one word per file
   (cd "$out.partial" && sha256sum $(kubevirt_outputs) >SHA256SUMS)
   rm -rf "$out" "$work"
@@ -127,10 +146,12 @@ ensure_kubevirt_bin() {
     [ -e "$dir" ] && say "cached KubeVirt binaries in $dir are incomplete or corrupt: rebuilding"
     command -v go >/dev/null || die "go is not installed"
     command -v gcc >/dev/null || die "gcc is not installed (virt-launcher, virt-handler and container-disk need it)"
-    say "building KubeVirt $KUBEVIRT_VERSION into $dir (about 30 min on 2 cores)"
+    say "building KubeVirt $KUBEVIRT_VERSION into $dir (about 6 min on 2 cores, more if Go modules must be downloaded)"
     start=$(date +%s)
     build_kubevirt "$dir"
     kubevirt_bin_is_complete "$dir" || die "build finished but $dir does not verify"
+    # Builds of other inputs are stale (about 600 MB each).
+    find "$cache_root/kubevirt/bin" -mindepth 1 -maxdepth 1 ! -path "$dir" -exec rm -rf {} +
     say "KubeVirt built in $(($(date +%s) - start))s"
   fi
   kubevirt_bin=$dir
