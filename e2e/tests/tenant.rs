@@ -252,6 +252,20 @@ async fn etcd_root() -> EtcdClient {
     etcd_as(&read("root.crt"), &read("root.key")).await
 }
 
+/// The reasons of the Warning Events in `ns`, as the real kubectl lists them.
+fn warning_reasons(ns: &str) -> String {
+    harness().ground.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        "type=Warning",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ])
+}
+
 /// Writes `key`. Other tests add and remove etcd users meanwhile; etcd then refuses a request
 /// checked against the older auth store and asks to try again, as its own client (the
 /// apiserver's) does.
@@ -652,16 +666,7 @@ async fn a_lost_authority_is_reported_never_replaced() {
             secrets.get_opt(name).await.unwrap().is_none(),
             "{name} must not be made anew"
         );
-        let events = harness().ground.kubectl(&[
-            "get",
-            "events",
-            "-n",
-            &ns.name,
-            "--field-selector",
-            "type=Warning",
-            "-o",
-            "jsonpath={.items[*].reason}",
-        ]);
+        let events = warning_reasons(&ns.name);
         assert!(events.contains("AuthorityMissing"), "events: {events}");
         // Restored from a backup, the tenant is whole again with the very same authority.
         let mut backup = kept.clone();
@@ -696,16 +701,7 @@ async fn a_failing_reconcile_shows_degraded_never_ready() {
     .unwrap();
     wait_condition(&api, "g1", "Degraded", "True", "Rejected").await;
     wait_condition(&api, "g1", "Ready", "False", "ReconcileFailed").await;
-    let events = harness().ground.kubectl(&[
-        "get",
-        "events",
-        "-n",
-        &ns.name,
-        "--field-selector",
-        "type=Warning",
-        "-o",
-        "jsonpath={.items[*].reason}",
-    ]);
+    let events = warning_reasons(&ns.name);
     assert!(events.contains("Rejected"), "events: {events}");
     api.patch(
         "g1",
