@@ -10,7 +10,8 @@ pub const BLOCKED_RETRY: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub enum Stop {
     /// Waiting on something outside the reconcile, or a spec that cannot work: shown in a
-    /// condition of the object and retried after `retry` (`None`: only when something changes).
+    /// condition of the object and retried after `retry` (`None`: when a watched object changes,
+    /// else at the periodic resync).
     Blocked(Blocked),
     /// An unexpected failure: a Degraded condition, a Warning Event, and a retry with backoff.
     Failed(Error),
@@ -40,18 +41,16 @@ impl Blocked {
         }
     }
 
-    /// Blocked until the user changes something: no retry but on a change of a watched object
-    /// and the periodic resync.
+    /// Blocked until the user changes something: looked at again when a watched object changes,
+    /// else only at the periodic resync (never retried hot).
     pub fn until_changed(
         condition: &'static str,
         reason: &'static str,
         message: impl Into<String>,
     ) -> Self {
         Self {
-            condition,
-            reason,
-            message: message.into(),
             retry: None,
+            ..Self::waiting(condition, reason, message)
         }
     }
 }

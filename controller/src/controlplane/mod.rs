@@ -129,7 +129,7 @@ async fn reconcile_tenant(tcp: Arc<TenantControlPlane>, ctx: Arc<Context>) -> Re
                 .map_or(ctx.settings.resync, |d| d.min(ctx.settings.resync));
             Ok(Action::requeue(wait.max(Duration::from_secs(1))))
         }
-        Err(Stop::Blocked(b)) => Ok(b.retry.map_or_else(Action::await_change, Action::requeue)),
+        Err(Stop::Blocked(b)) => Ok(Action::requeue(b.retry.unwrap_or(ctx.settings.resync))),
         Err(Stop::Failed(e)) => Err(e),
     }
 }
