@@ -6,8 +6,10 @@ use crate::etcd::EtcdPool;
 use crate::metrics::Metrics;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::predicates;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{Lookup, Store};
+use kube::runtime::utils::Predicate;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::warn;
@@ -84,6 +86,18 @@ impl Context {
             warn!(error = %e, reason, "cannot publish event");
         }
     }
+}
+
+/// Which changes of a controller's own objects wake it: the spec (generation), annotations,
+/// finalizers and deletion, but not the status its own reconcile writes. Otherwise a status that
+/// differs from one failure to the next (another object named in the error) would wake the
+/// reconcile again at once, past the error policy's backoff. Stores still see every change.
+pub fn changed_by_user<K: Resource + 'static>() -> impl Predicate<K> {
+    let deleting = |obj: &K| obj.meta().deletion_timestamp.as_ref().map(|_| 1);
+    predicates::generation
+        .combine(predicates::annotations)
+        .combine(predicates::finalizers)
+        .combine(deleting)
 }
 
 /// Caches of the objects that reconcilers look up across kinds. Each store is filled by the

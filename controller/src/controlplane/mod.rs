@@ -464,7 +464,8 @@ pub fn run_with_trigger(
             watcher::Config::default(),
         ),
     )
-    .applied_objects();
+    .applied_objects()
+    .predicate_filter(crate::context::changed_by_user(), Default::default());
     let store = reader.clone();
     Controller::for_stream(tenants, reader)
         .owns_stream(owned::<Deployment>(&client))

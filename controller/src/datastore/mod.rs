@@ -223,7 +223,8 @@ pub fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> BoxFuture<'static,
         ),
     )
     .default_backoff()
-    .applied_objects();
+    .applied_objects()
+    .predicate_filter(crate::context::changed_by_user(), Default::default());
     let children = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
     let store = reader.clone();
     Controller::for_stream(datastores, reader)
