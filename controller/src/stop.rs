@@ -72,9 +72,23 @@ impl From<Blocked> for Stop {
 }
 
 impl<E: Into<Error>> From<E> for Stop {
+    /// A write refused because the namespace is being deleted is no failure: the owner goes with
+    /// it, and retrying writes there (with Warning Events it would refuse too) only makes noise.
     fn from(e: E) -> Self {
-        Stop::Failed(e.into())
+        let e = e.into();
+        if is_namespace_terminating(&e) {
+            return Stop::Blocked(Blocked::waiting(
+                crate::conditions::READY,
+                "NamespaceTerminating",
+                "the namespace is being deleted; nothing more is applied in it",
+            ));
+        }
+        Stop::Failed(e)
     }
+}
+
+fn is_namespace_terminating(e: &Error) -> bool {
+    matches!(e, Error::Kube(kube::Error::Api(s)) if s.code == 403 && s.message.contains("because it is being terminated"))
 }
 
 impl std::fmt::Display for Stop {
@@ -110,5 +124,20 @@ mod tests {
             Blocked::waiting("Ready", "R", "m").retry,
             Some(BLOCKED_RETRY)
         );
+        let terminating = kube::Error::Api(
+            kube::core::Status::failure(
+                "secrets \"t-ca\" is forbidden: unable to create new content in namespace ns because it is being terminated",
+                "Forbidden",
+            )
+            .with_code(403)
+            .boxed(),
+        );
+        assert_eq!(Stop::from(terminating).category(), "NamespaceTerminating");
+        let forbidden = kube::Error::Api(
+            kube::core::Status::failure("secrets is forbidden", "Forbidden")
+                .with_code(403)
+                .boxed(),
+        );
+        assert_eq!(Stop::from(forbidden).category(), "KubeApi");
     }
 }
