@@ -39,6 +39,19 @@ fn live_scheduling() -> serde_json::Value {
     })
 }
 
+/// A new namespace that enforces Pod Security `restricted`.
+fn restricted_namespace(ground: &Ground, prefix: &str) -> String {
+    let ns = unique_name(prefix);
+    ground.kubectl(&["create", "namespace", &ns]);
+    ground.kubectl(&[
+        "label",
+        "namespace",
+        &ns,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]);
+    ns
+}
+
 fn apply_json(ground: &Ground, value: &serde_json::Value) {
     let file = std::env::temp_dir().join(format!("{}.json", unique_name("live-apply")));
     std::fs::write(&file, value.to_string()).unwrap();
@@ -232,14 +245,7 @@ async fn a_live_tenant_serves_real_clients_and_kubeadm_discovery() {
     });
 
     // The tenant.
-    let ns = unique_name("live");
-    ground.kubectl(&["create", "namespace", &ns]);
-    ground.kubectl(&[
-        "label",
-        "namespace",
-        &ns,
-        "pod-security.kubernetes.io/enforce=restricted",
-    ]);
+    let ns = restricted_namespace(&ground, "live");
     apply_json(
         &ground,
         &json!({
@@ -548,14 +554,7 @@ async fn delete_while_writing(
     datastore: &str,
     round: usize,
 ) {
-    let ns = unique_name("live-del");
-    ground.kubectl(&["create", "namespace", &ns]);
-    ground.kubectl(&[
-        "label",
-        "namespace",
-        &ns,
-        "pod-security.kubernetes.io/enforce=restricted",
-    ]);
+    let ns = restricted_namespace(ground, "live-del");
     apply_json(
         ground,
         &json!({

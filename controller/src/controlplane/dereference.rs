@@ -12,9 +12,9 @@ use crate::etcd::Connection;
 use crate::pki::CurrentPki;
 use crate::stop::{Blocked, Stop};
 use k8s_openapi::api::core::v1::{Secret, Service};
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
-use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -123,9 +123,4 @@ fn secret_text(secret: Secret) -> BTreeMap<String, String> {
         .into_iter()
         .filter_map(|(k, v)| String::from_utf8(v.0).ok().map(|v| (k, v)))
         .collect()
-}
-
-/// Whether the object is being deleted.
-pub fn deleting<K: Resource>(obj: &K) -> bool {
-    obj.meta().deletion_timestamp.is_some()
 }
