@@ -72,7 +72,9 @@ load_live() {
   port_stream=$((port_base + 12))
   ((port_stream <= 65535)) || die "the live tier needs ORRERY_GROUND_PORT_BASE + 12 <= 65535"
   containerd_sock=$state/containerd/containerd.sock
-  kubelet_root=$state/kubelet
+  # The kubelet runs with root /var/lib/kubelet (kubevirt.sh), a bind mount of this directory.
+  kubelet_data=$state/kubelet
+  kubelet_root=$kubelet_host_root
   cgroup_root=/orrery-ground-$ground
   node_ip=""
   if [ -f "$live_dir/node-ip" ]; then node_ip=$(<"$live_dir/node-ip"); fi

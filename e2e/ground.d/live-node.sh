@@ -8,7 +8,10 @@
 #   live/cni/                      CNI configuration; live/cni-ipam/ the addresses handed out
 #   live/sysctl.orig               kernel settings as they were before the live tier changed them
 #   containerd/                    containerd's root (images, snapshots), state and socket
-#   kubelet/                       the kubelet's root directory (pod volumes) and pod logs
+#   kubelet/                       the kubelet's root directory (pod volumes) and pod logs,
+#                                  mounted at /var/lib/kubelet while the node runs (kubevirt.sh)
+#   live/kubevirt/, kubevirt-cr.yaml  KubeVirt's operator manifest (with our patch) and its CR
+#   live/host-paths                the host paths outside the state that `up` made, for `down`
 #   volumes/pv-N/                  the data of PersistentVolume ground-pv-N
 
 # Kernel settings the live tier needs (forwarding, bridged traffic through iptables) or that the
@@ -67,7 +70,7 @@ live_kubeconfig() { # name user group
 }
 
 write_live_configs() {
-  mkdir -p "$live_dir/cni" "$live_dir/cni-ipam" "$state/containerd" "$kubelet_root" "$kubelet_root/pod-logs"
+  mkdir -p "$live_dir/cni" "$live_dir/cni-ipam" "$state/containerd" "$kubelet_data/pod-logs"
   cat >"$live_dir/containerd.toml" <<TOML
 # containerd of the live node of ground '$ground': everything it keeps is under $state.
 version = 2
@@ -249,12 +252,15 @@ up_live() {
   local tarballs
   say "live tier: node $live_node at $node_ip"
   tarballs=$("$here/images" build) || die "e2e/images could not build the images"
+  tarballs+=$'\n'$("$here/images" kubevirt) || die "e2e/images could not build KubeVirt"
   live_bin=$("$here/images" bin-dir)
+  kubevirt_bin=$("$here/images" kubevirt-bin-dir)
   echo "$live_bin" >"$live_dir/live-bin"
   live_kubeconfig kubelet "system:node:$live_node" system:nodes
   live_kubeconfig kube-proxy system:kube-proxy
   write_live_configs
   prepare_host
+  make_kubevirt_host
   start_containerd
   wait_for 30 "its socket" containerd containerd_ready
   # shellcheck disable=SC2086 # one path per line, no spaces
@@ -268,6 +274,7 @@ up_live() {
   apply_coredns
   run_smoke_pod
   wait_for 120 "CoreDNS Ready" kubelet coredns_ready
+  up_kubevirt
 }
 
 # Everything mounted under a directory, deepest first.
@@ -325,6 +332,7 @@ stop_live() {
   for m in $(mounts_under "$state"); do
     umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || say "cannot unmount $m"
   done
+  unmake_kubevirt_host
   if ip link show "$live_bridge" >/dev/null 2>&1; then ip link delete "$live_bridge"; fi
   # The pods are gone, and so are the addresses CNI handed them.
   rm -rf "$live_dir/cni-ipam"
@@ -335,6 +343,10 @@ stop_live() {
   done
   # Directories containerd 1.6 and CNI keep at fixed places (shim sockets, network namespaces,
   # CNI results): removed when empty, so only what the live tier made goes.
+  # A sandbox that failed half-way leaves its network namespace file unmounted.
+  for m in /run/netns/cni-*; do
+    [ -f "$m" ] && ! mountpoint -q "$m" && rm -f "$m"
+  done
   rmdir /run/containerd/s /run/containerd /var/lib/cni/results /var/lib/cni /run/netns 2>/dev/null || true
   if [ -f "$live_dir/sysctl.orig" ]; then
     local kv

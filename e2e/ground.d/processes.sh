@@ -80,9 +80,31 @@ start() { # component args...
     return
   fi
   program=$(component_path "$c")
-  setsid "$program" "$(component_marker "$c")" "$@" </dev/null >"$state/logs/$c.log" 2>&1 &
-  echo $! >"$(pid_file "$c")"
-  say "$c started (pid $!)"
+  if [ "$c" = containerd ]; then
+    # PID 1 of a PID namespace of its own, which its hostPID containers share: KubeVirt's
+    # virt-handler reaches the host through /proc/1/root and /proc/1/ns/mnt, and this machine's
+    # own PID 1 is closed to us. Its /proc must show that namespace (containerd names its own
+    # threads there), so it gets a mount namespace too, whose shared mounts ("/", the kubelet
+    # root, /run/kubevirt: kubevirt.sh) stay peers of the host's. The recorded PID is containerd's.
+    setsid unshare --pid --fork --kill-child --mount --propagation unchanged --mount-proc -- \
+      "$program" "$(component_marker "$c")" "$@" </dev/null >"$state/logs/$c.log" 2>&1 &
+    pid=$(forked_child $!) || fail_component "$c" "did not start"
+  else
+    setsid "$program" "$(component_marker "$c")" "$@" </dev/null >"$state/logs/$c.log" 2>&1 &
+    pid=$!
+  fi
+  echo "$pid" >"$(pid_file "$c")"
+  say "$c started (pid $pid)"
+}
+
+# The PID of the one child a process forks, once it is there (up to 5 s).
+forked_child() { # pid
+  local i child
+  for ((i = 0; i < 50; i++)); do
+    child=$(pgrep -P "$1" | head -1) && { echo "$child"; return 0; }
+    sleep 0.1
+  done
+  return 1
 }
 
 fail_component() { # component reason
