@@ -1,4 +1,5 @@
-//! The `orrery.dev/v1alpha1` API: `TenantControlPlane` and `DataStore`.
+//! The `orrery.dev/v1alpha1` API: `TenantControlPlane`, `DataStore` and `NodePool` (in
+//! `api/nodepool.rs`).
 //!
 //! Admission is done by the apiserver from the CEL rules and OpenAPI bounds declared here, so a bad
 //! object never reaches the controller; every message names the field it is about. The reconcile
@@ -12,6 +13,9 @@ use kube::core::{Message, Rule};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+mod nodepool;
+pub use nodepool::*;
 
 /// Kubernetes minor versions a tenant may run. Keep in step with the `version` rule below.
 pub const SUPPORTED_MINORS: std::ops::RangeInclusive<u32> = 32..=34;

@@ -23,7 +23,11 @@ fn lock_cluster_crds() -> MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-const CRD_NAMES: [&str; 2] = ["tenantcontrolplanes.orrery.dev", "datastores.orrery.dev"];
+const CRD_NAMES: [&str; 3] = [
+    "tenantcontrolplanes.orrery.dev",
+    "datastores.orrery.dev",
+    "nodepools.orrery.dev",
+];
 
 fn chart_dir() -> String {
     repo_root()
