@@ -3,8 +3,9 @@
 //! Each concern has its own module: `api` (the custom resources), `crdgen` (CRD YAML), `pki`
 //! (certificates and kubeconfigs, pure), `datastore` (etcd for tenants), `controlplane` (the
 //! tenant control-plane objects, pure builders), `reconcile` (the TenantControlPlane controller),
-//! `conditions` (status conditions), `apply` (server-side apply of children), `metrics` and
-//! `runtime` (the `orrery` process: command line, client, leader election, supervisor).
+//! `nodepool` (worker VMs; for now the pure rollout planner), `conditions` (status conditions),
+//! `apply` (server-side apply of children), `metrics` and `runtime` (the `orrery` process:
+//! command line, client, leader election, supervisor).
 
 pub mod api;
 pub mod apply;
@@ -19,6 +20,7 @@ pub mod error;
 pub mod etcd;
 pub mod hash;
 pub mod metrics;
+pub mod nodepool;
 pub mod pki;
 pub mod podspec;
 pub mod runtime;
