@@ -4,7 +4,7 @@
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
-use orrery::api::{DataStore, TenantControlPlane};
+use orrery::api::{DataStore, NodePool, TenantControlPlane};
 use orrery_e2e::{Ground, install_crds, repo_root, unique_name};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -21,6 +21,10 @@ fn ds_api(client: &Client) -> Api<DynamicObject> {
     Api::all_with(client.clone(), &ApiResource::erase::<DataStore>(&()))
 }
 
+fn np_api(client: &Client, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<NodePool>(&()))
+}
+
 fn tcp(name: &str, spec: Value) -> DynamicObject {
     serde_json::from_value(json!({
         "apiVersion": "orrery.dev/v1alpha1", "kind": "TenantControlPlane",
@@ -32,6 +36,14 @@ fn tcp(name: &str, spec: Value) -> DynamicObject {
 fn datastore(name: &str, spec: Value) -> DynamicObject {
     serde_json::from_value(json!({
         "apiVersion": "orrery.dev/v1alpha1", "kind": "DataStore",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn nodepool(name: &str, spec: Value) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "orrery.dev/v1alpha1", "kind": "NodePool",
         "metadata": {"name": name}, "spec": spec,
     }))
     .unwrap()
@@ -90,6 +102,18 @@ async fn setup() -> Setup {
         client: ground.client().await.unwrap(),
         ns,
     }
+}
+
+/// `setup`, and the NodePool CRD established too.
+async fn setup_nodepools() -> Setup {
+    let s = setup().await;
+    Ground::get().unwrap().kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/nodepools.orrery.dev",
+    ]);
+    s
 }
 
 async fn teardown(s: &Setup) {
@@ -743,5 +767,457 @@ async fn bad_datastores_are_refused() {
     );
     // The DataStore controller is not running in this test binary, so no finalizer holds it.
     api.delete(&name, &DeleteParams::default()).await.unwrap();
+    teardown(&s).await;
+}
+
+/// A pool spec for the tenant `demo` with the fields of `spec`.
+fn with_ref(mut spec: Value) -> Value {
+    spec["controlPlaneRef"] = json!({"name": "demo"});
+    spec
+}
+
+#[tokio::test]
+async fn bad_nodepools_are_refused_on_create() {
+    let s = setup_nodepools().await;
+    let api = np_api(&s.client, &s.ns);
+    let with = with_ref;
+    let template = |t: Value| with(json!({"template": t}));
+    let rolling = |r: Value| with(json!({"strategy": {"rollingUpdate": r}}));
+    let ed25519 =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGb8ODkmQ4a4kXgcH0zVhmgdYzqQNYq8OPMx2MZKC4Qk";
+    let cases: Vec<(&str, Value, &str)> = vec![
+        // The tenant.
+        (
+            "no controlPlaneRef",
+            json!({"replicas": 1}),
+            "spec.controlPlaneRef: Required value",
+        ),
+        (
+            "controlPlaneRef upper case",
+            json!({"controlPlaneRef": {"name": "Demo"}}),
+            "spec.controlPlaneRef.name must be the name of a TenantControlPlane",
+        ),
+        (
+            "controlPlaneRef empty",
+            json!({"controlPlaneRef": {"name": ""}}),
+            "spec.controlPlaneRef.name",
+        ),
+        (
+            "negative replicas",
+            with(json!({"replicas": -1})),
+            "spec.replicas",
+        ),
+        // The VM.
+        (
+            "zero cores",
+            template(json!({"cores": 0})),
+            "spec.template.cores",
+        ),
+        (
+            "memory not a quantity",
+            template(json!({"memory": "lots"})),
+            "spec.template.memory must be a quantity of at least 512Mi",
+        ),
+        (
+            "memory below 512Mi",
+            template(json!({"memory": "256Mi"})),
+            "spec.template.memory must be a quantity of at least 512Mi",
+        ),
+        (
+            "memory in bytes below 512Mi",
+            template(json!({"memory": 536870911})),
+            "spec.template.memory must be a quantity of at least 512Mi",
+        ),
+        (
+            "negative memory",
+            template(json!({"memory": "-2Gi"})),
+            "spec.template.memory must be a quantity of at least 512Mi",
+        ),
+        (
+            "empty image",
+            template(json!({"rootDisk": {"image": ""}})),
+            "spec.template.rootDisk.image",
+        ),
+        (
+            "image with a space",
+            template(json!({"rootDisk": {"image": "registry.example/worker image:v1"}})),
+            "spec.template.rootDisk.image must be an image reference",
+        ),
+        (
+            "root volume of size 0",
+            template(json!({"rootDisk": {"persistentVolume": {"size": "0"}}})),
+            "spec.template.rootDisk.persistentVolume.size must be a quantity above zero",
+        ),
+        (
+            "root volume without size",
+            template(json!({"rootDisk": {"persistentVolume": {"storageClassName": "fast"}}})),
+            "spec.template.rootDisk.persistentVolume.size: Required value",
+        ),
+        (
+            "extra disk name upper case",
+            template(json!({"extraDisks": [{"name": "Data", "size": "1Gi"}]})),
+            "spec.template.extraDisks[].name must be a DNS label",
+        ),
+        (
+            "extra disk named root",
+            template(json!({"extraDisks": [{"name": "root", "size": "1Gi"}]})),
+            "spec.template.extraDisks[].name must not be root or cloudinit",
+        ),
+        (
+            "extra disk of size 0",
+            template(json!({"extraDisks": [{"name": "data", "size": "0Gi"}]})),
+            "spec.template.extraDisks[].size must be a quantity above zero",
+        ),
+        (
+            "extra disk size not a quantity",
+            template(json!({"extraDisks": [{"name": "data", "size": "big"}]})),
+            "spec.template.extraDisks[].size must be a quantity above zero",
+        ),
+        (
+            "two extra disks of one name",
+            template(
+                json!({"extraDisks": [{"name": "data", "size": "1Gi"}, {"name": "data", "size": "2Gi"}]}),
+            ),
+            "spec.template.extraDisks[1]: Duplicate value",
+        ),
+        // The Node.
+        (
+            "label key with a space",
+            template(json!({"nodeLabels": {"pool name": "a"}})),
+            "spec.template.nodeLabels keys must be label keys",
+        ),
+        (
+            "label key name over 63 characters",
+            template(json!({"nodeLabels": {"example.com/".to_string() + &"a".repeat(64): "a"}})),
+            "spec.template.nodeLabels keys must be label keys",
+        ),
+        (
+            "node-role label",
+            template(json!({"nodeLabels": {"env": "dev", "node-role.kubernetes.io/worker": ""}})),
+            "spec.template.nodeLabels may not set node-role.kubernetes.io/worker",
+        ),
+        (
+            "orrery.dev label",
+            template(json!({"nodeLabels": {"orrery.dev/pool": "x"}})),
+            "spec.template.nodeLabels may not set orrery.dev/pool",
+        ),
+        (
+            "label under a subdomain of orrery.dev",
+            template(json!({"nodeLabels": {"pools.orrery.dev/x": "y"}})),
+            "spec.template.nodeLabels may not set pools.orrery.dev/x",
+        ),
+        (
+            "label value starting with a dash",
+            template(json!({"nodeLabels": {"env": "-dev"}})),
+            "spec.template.nodeLabels values must be label values",
+        ),
+        (
+            "taint of an unknown effect",
+            template(json!({"taints": [{"key": "dedicated", "effect": "Sometimes"}]})),
+            "spec.template.taints[0].effect: Unsupported value",
+        ),
+        (
+            "taint key with a space",
+            template(json!({"taints": [{"key": "dedicated to", "effect": "NoSchedule"}]})),
+            "spec.template.taints[].key must be a label key",
+        ),
+        (
+            "taint value with a slash",
+            template(
+                json!({"taints": [{"key": "dedicated", "value": "a/b", "effect": "NoSchedule"}]}),
+            ),
+            "spec.template.taints[].value must be a label value",
+        ),
+        (
+            "two taints of one key and effect",
+            template(json!({"taints": [
+                {"key": "dedicated", "value": "a", "effect": "NoSchedule"},
+                {"key": "dedicated", "value": "b", "effect": "NoSchedule"}
+            ]})),
+            "spec.template.taints[1]: Duplicate value",
+        ),
+        (
+            "SSH key that is not one",
+            template(json!({"sshAuthorizedKeys": ["hunter2"]})),
+            "each entry of spec.template.sshAuthorizedKeys must be one OpenSSH public key",
+        ),
+        (
+            "SSH key without its key",
+            template(json!({"sshAuthorizedKeys": ["ssh-ed25519"]})),
+            "each entry of spec.template.sshAuthorizedKeys must be one OpenSSH public key",
+        ),
+        (
+            "SSH key of an unknown type",
+            template(json!({"sshAuthorizedKeys": ["ssh-foo AAAAB3NzaC1yc2E user@host"]})),
+            "each entry of spec.template.sshAuthorizedKeys must be one OpenSSH public key",
+        ),
+        (
+            "SSH key with a second line",
+            template(
+                json!({"sshAuthorizedKeys": [format!("{ed25519} me\nssh-rsa AAAAB3NzaC1yc2E intruder")]}),
+            ),
+            "each entry of spec.template.sshAuthorizedKeys must be one OpenSSH public key",
+        ),
+        (
+            "SSH key with options",
+            template(json!({"sshAuthorizedKeys": [format!("command=\"/bin/sh\" {ed25519}")]})),
+            "each entry of spec.template.sshAuthorizedKeys must be one OpenSSH public key",
+        ),
+        (
+            "kubelet flag with dashes",
+            template(json!({"kubeletExtraArgs": {"--max-pods": "50"}})),
+            "spec.template.kubeletExtraArgs keys must be flag names without leading dashes",
+        ),
+        (
+            "kubelet provider-id",
+            template(json!({"kubeletExtraArgs": {"v": "2", "provider-id": "kubevirt://other"}})),
+            "spec.template.kubeletExtraArgs may not set provider-id",
+        ),
+        (
+            "kubelet node-labels",
+            template(json!({"kubeletExtraArgs": {"node-labels": "a=b"}})),
+            "spec.template.kubeletExtraArgs may not set node-labels",
+        ),
+        // The rollout.
+        (
+            "strategy Recreate",
+            with(json!({"strategy": {"type": "Recreate"}})),
+            "spec.strategy.type: Unsupported value",
+        ),
+        (
+            "surge and unavailability both 0",
+            rolling(json!({"maxSurge": 0, "maxUnavailable": 0})),
+            "spec.strategy.rollingUpdate.maxSurge and spec.strategy.rollingUpdate.maxUnavailable must not both be 0",
+        ),
+        (
+            "surge 0% and unavailability 0",
+            rolling(json!({"maxSurge": "0%", "maxUnavailable": 0})),
+            "must not both be 0",
+        ),
+        (
+            "surge 00% with the default unavailability 0",
+            rolling(json!({"maxSurge": "00%"})),
+            "must not both be 0",
+        ),
+        (
+            "surge a number in a string",
+            rolling(json!({"maxSurge": "2"})),
+            "spec.strategy.rollingUpdate.maxSurge must be a number of nodes (0 or more) or a percentage",
+        ),
+        (
+            "surge a fractional percentage",
+            rolling(json!({"maxSurge": "12.5%"})),
+            "spec.strategy.rollingUpdate.maxSurge must be a number of nodes",
+        ),
+        (
+            "negative unavailability",
+            rolling(json!({"maxUnavailable": -1})),
+            "spec.strategy.rollingUpdate.maxUnavailable must be a number of nodes",
+        ),
+        // The autoscaler's bounds.
+        (
+            "min above max",
+            with(json!({"replicas": 3, "autoscaling": {"minReplicas": 4, "maxReplicas": 2}})),
+            "spec.autoscaling.minReplicas must not exceed spec.autoscaling.maxReplicas",
+        ),
+        (
+            "replicas above max",
+            with(json!({"replicas": 5, "autoscaling": {"minReplicas": 1, "maxReplicas": 3}})),
+            "spec.replicas must lie between spec.autoscaling.minReplicas and spec.autoscaling.maxReplicas",
+        ),
+        (
+            "replicas below min",
+            with(json!({"replicas": 0, "autoscaling": {"minReplicas": 1, "maxReplicas": 3}})),
+            "spec.replicas must lie between",
+        ),
+        (
+            "max 0",
+            with(json!({"replicas": 0, "autoscaling": {"minReplicas": 0, "maxReplicas": 0}})),
+            "spec.autoscaling.maxReplicas",
+        ),
+        (
+            "negative min",
+            with(json!({"autoscaling": {"minReplicas": -1, "maxReplicas": 3}})),
+            "spec.autoscaling.minReplicas",
+        ),
+        (
+            "autoscaling without max",
+            with(json!({"autoscaling": {"minReplicas": 1}})),
+            "spec.autoscaling.maxReplicas: Required value",
+        ),
+        // Timeouts.
+        (
+            "startup timeout without unit",
+            with(json!({"nodeStartupTimeout": "600"})),
+            "spec.nodeStartupTimeout must be a duration in whole h, m, s or ms",
+        ),
+        (
+            "startup timeout fractional",
+            with(json!({"nodeStartupTimeout": "1.5h"})),
+            "spec.nodeStartupTimeout must be a duration",
+        ),
+        (
+            "startup timeout in days",
+            with(json!({"nodeStartupTimeout": "1d"})),
+            "spec.nodeStartupTimeout must be a duration",
+        ),
+        (
+            "unhealthy timeout 0s",
+            with(json!({"unhealthyTimeout": "0s"})),
+            "spec.unhealthyTimeout must be longer than 0s",
+        ),
+        (
+            "unhealthy timeout negative",
+            with(json!({"unhealthyTimeout": "-5m"})),
+            "spec.unhealthyTimeout must be a duration",
+        ),
+        (
+            "drain timeout in words",
+            with(json!({"drainTimeout": "5 minutes"})),
+            "spec.drainTimeout must be a duration",
+        ),
+        (
+            "drain timeout 0m0s",
+            with(json!({"drainTimeout": "0m0s"})),
+            "spec.drainTimeout must be longer than 0s",
+        ),
+    ];
+    for (case, spec, expected) in cases {
+        assert_refused(
+            case,
+            api.create(&dry_run(), &nodepool("bad", spec)).await,
+            expected,
+        );
+    }
+    teardown(&s).await;
+}
+
+#[tokio::test]
+async fn good_nodepools_and_the_example_are_accepted() {
+    let s = setup_nodepools().await;
+    let api = np_api(&s.client, &s.ns);
+    let digest = "0123456789abcdef".repeat(4);
+    let good: Vec<(&str, Value)> = vec![
+        ("minimal", with_ref(json!({}))),
+        ("no nodes", with_ref(json!({"replicas": 0}))),
+        (
+            "every field",
+            with_ref(json!({
+                "replicas": 2,
+                "template": {
+                    "cores": 2,
+                    "memory": "4Gi",
+                    "rootDisk": {
+                        "image": format!("registry.example:5000/orrery/worker:v1.34.4@sha256:{digest}"),
+                        "persistentVolume": {"size": "20Gi", "storageClassName": "fast"}
+                    },
+                    "extraDisks": [{"name": "data", "size": "10Gi"}, {"name": "scratch-1", "size": 1073741824i64, "storageClassName": "local"}],
+                    "nodeLabels": {"env": "dev", "example.com/pool": "workers", "empty": "", "node.kubernetes.io/exclude-from-external-load-balancers": "true"},
+                    "taints": [
+                        {"key": "dedicated", "value": "gpu", "effect": "NoSchedule"},
+                        {"key": "dedicated", "value": "gpu", "effect": "NoExecute"},
+                        {"key": "example.com/spot", "effect": "PreferNoSchedule"}
+                    ],
+                    "sshAuthorizedKeys": [
+                        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGb8ODkmQ4a4kXgcH0zVhmgdYzqQNYq8OPMx2MZKC4Qk admin@example.com",
+                        "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7+/x==",
+                        "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTY= ops",
+                        "sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29t key on a token"
+                    ],
+                    "kubeletExtraArgs": {"max-pods": "50", "v": "2"},
+                    "placement": {
+                        "nodeSelector": {"kubevirt.io/schedulable": "true"},
+                        "tolerations": [{"key": "orrery.dev/live", "operator": "Exists", "effect": "NoSchedule"}]
+                    }
+                },
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "0%"}},
+                "autoscaling": {"minReplicas": 1, "maxReplicas": 5},
+                "nodeStartupTimeout": "1h30m",
+                "unhealthyTimeout": "90s",
+                "drainTimeout": "2m500ms"
+            })),
+        ),
+        (
+            "memory of exactly 512Mi, in bytes",
+            with_ref(json!({"template": {"memory": 536870912}})),
+        ),
+        (
+            "surge 0 with unavailability 1",
+            with_ref(json!({"strategy": {"rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}})),
+        ),
+        (
+            "replicas at the autoscaler's bounds",
+            with_ref(json!({"replicas": 0, "autoscaling": {"minReplicas": 0, "maxReplicas": 1}})),
+        ),
+    ];
+    for (case, spec) in good {
+        api.create(&dry_run(), &nodepool("good", spec))
+            .await
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+    }
+    let examples = example_objects("nodepool.yaml", "NodePool");
+    assert_eq!(examples.len(), 1);
+    for mut example in examples {
+        example.metadata.namespace = Some(s.ns.clone());
+        api.create(&dry_run(), &example)
+            .await
+            .unwrap_or_else(|e| panic!("example nodepool.yaml: {e}"));
+    }
+    teardown(&s).await;
+}
+
+#[tokio::test]
+async fn nodepool_reference_is_immutable_and_scale_keeps_the_bounds() {
+    let s = setup_nodepools().await;
+    let api = np_api(&s.client, &s.ns);
+    let name = "scaled";
+    api.create(
+        &PostParams::default(),
+        &nodepool(
+            name,
+            with_ref(json!({"replicas": 2, "autoscaling": {"minReplicas": 1, "maxReplicas": 3}})),
+        ),
+    )
+    .await
+    .unwrap();
+    let dry = PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let patch = |spec: Value| Patch::Merge(json!({"spec": spec}));
+    assert_refused(
+        "controlPlaneRef change",
+        api.patch(
+            name,
+            &dry,
+            &patch(json!({"controlPlaneRef": {"name": "other"}})),
+        )
+        .await,
+        "spec.controlPlaneRef is immutable",
+    );
+    api.patch(
+        name,
+        &dry,
+        &patch(
+            json!({"template": {"cores": 2}, "strategy": {"rollingUpdate": {"maxSurge": "50%"}}}),
+        ),
+    )
+    .await
+    .expect("the template and the strategy may change");
+    // The scale subresource goes through the same rules, so the autoscaler's bounds hold there.
+    let scale = |replicas: i32| Patch::Merge(json!({"spec": {"replicas": replicas}}));
+    assert_refused(
+        "scale above the autoscaler's max",
+        api.patch_scale(name, &dry, &scale(4)).await,
+        "spec.replicas must lie between spec.autoscaling.minReplicas and spec.autoscaling.maxReplicas",
+    );
+    let scaled = api
+        .patch_scale(name, &PatchParams::default(), &scale(3))
+        .await
+        .expect("scale within the bounds");
+    assert_eq!(scaled.spec.and_then(|s| s.replicas), Some(3));
+    let pool = api.get(name).await.unwrap();
+    assert_eq!(pool.data["spec"]["replicas"], json!(3));
+    api.delete(name, &DeleteParams::default()).await.unwrap();
     teardown(&s).await;
 }
