@@ -190,3 +190,22 @@ up_kubevirt() {
   ms=$((($(date +%s%N) - start_ns) / 1000000))
   say "KubeVirt $KUBEVIRT_VERSION Available in $((ms / 1000)).$(printf '%03d' $((ms % 1000)))s"
 }
+
+# What a stopped live node must not leave: mounts below its paths, VM or container processes,
+# the kubelet's cgroups. Prints each leftover; fails if there is one.
+live_leftovers() {
+  local d h left=0 pid
+  for d in "$state" "$kubelet_host_root" "$kubevirt_share_dir" "${kubevirt_host_dirs[@]}"; do
+    for h in $(mounts_under "$d"); do say "left behind: mount $h"; left=1; done
+  done
+  for pid in $(pgrep -f 'qemu-system|virt-launcher|virt-handler|containerd-shim' || true); do
+    # Only processes of this node: their cgroup is under the kubelet's cgroup root.
+    grep -q "$cgroup_root" "/proc/$pid/cgroup" 2>/dev/null || continue
+    say "left behind: process $pid $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)"
+    left=1
+  done
+  for h in /sys/fs/cgroup/*/; do
+    [ -d "${h%/}$cgroup_root" ] && { say "left behind: cgroup ${h%/}$cgroup_root"; left=1; }
+  done
+  return "$left"
+}

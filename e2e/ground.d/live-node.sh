@@ -253,6 +253,8 @@ up_live() {
   say "live tier: node $live_node at $node_ip"
   tarballs=$("$here/images" build) || die "e2e/images could not build the images"
   tarballs+=$'\n'$("$here/images" kubevirt) || die "e2e/images could not build KubeVirt"
+  # The worker disk image NodePools boot, as a containerDisk on the node.
+  tarballs+=$'\n'$("$here/images" worker) || die "e2e/images could not build the worker image"
   live_bin=$("$here/images" bin-dir)
   kubevirt_bin=$("$here/images" kubevirt-bin-dir)
   echo "$live_bin" >"$live_dir/live-bin"
@@ -355,4 +357,5 @@ stop_live() {
     done <"$live_dir/sysctl.orig"
     rm -f "$live_dir/sysctl.orig"
   fi
+  live_leftovers || die "the live node did not stop cleanly (see above)"
 }

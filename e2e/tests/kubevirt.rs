@@ -20,6 +20,7 @@ use orrery_e2e::{Ground, processes_mentioning, repo_root, unique_name};
 const KUBEVIRT_VERSION: &str = "v1.8.2";
 const ETCD_IMAGE: &str = "registry.k8s.io/etcd:3.6.4-0";
 const KUBE_IMAGE: &str = "registry.k8s.io/kube-apiserver:v1.34.4";
+const LAUNCHER_IMAGE: &str = "quay.io/kubevirt/virt-launcher:v1.8.2";
 /// Emulated boots take 60–120 s on these machines (DESIGN.md); a VM that needs more is broken.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 const TIMEOUT: Duration = Duration::from_secs(180);
@@ -385,7 +386,9 @@ spec:
     );
     assert_eq!(fetched.trim(), token, "what the pod fetched from the guest");
 
-    // A PersistentVolumeClaim hot-plugged into the running VM shows up in the guest.
+    // A PersistentVolumeClaim hot-plugged into the running VM shows up in the guest. On a
+    // Filesystem volume KubeVirt attaches the file disk.img (what CDI's blank DataVolume makes):
+    // a pod creates it, sparse, as the qemu user, with coreutils from the launcher image.
     ns.apply(
         r#"apiVersion: v1
 kind: PersistentVolumeClaim
@@ -395,6 +398,29 @@ spec:
   resources: {requests: {storage: 1Gi}}
 "#,
     );
+    ns.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: make-disk}}
+spec:
+  restartPolicy: Never
+  nodeSelector: {{orrery.dev/ground-node: live}}
+  tolerations: [{{key: orrery.dev/live, operator: Exists, effect: NoSchedule}}]
+  containers:
+    - name: main
+      image: {LAUNCHER_IMAGE}
+      imagePullPolicy: Never
+      command: [truncate, --size=1G, /pvc/disk.img]
+      securityContext: {{runAsUser: 107, runAsGroup: 107, runAsNonRoot: true, readOnlyRootFilesystem: true, allowPrivilegeEscalation: false}}
+      volumeMounts: [{{name: pvc, mountPath: /pvc}}]
+  volumes: [{{name: pvc, persistentVolumeClaim: {{claimName: extra}}}}]
+"#
+    ));
+    let phase = ns.wait("disk.img made in the claim", TIMEOUT, || {
+        let phase = ns.jsonpath("pod/make-disk", "{.status.phase}");
+        (phase == "Succeeded" || phase == "Failed").then_some(phase)
+    });
+    assert_eq!(phase, "Succeeded", "the pod that makes disk.img failed");
     let out = Command::new(virtctl_path())
         .args([
             "--kubeconfig",
