@@ -3,8 +3,9 @@
 //! Each concern has its own module: `api` (the custom resources), `crdgen` (CRD YAML), `pki`
 //! (certificates and kubeconfigs, pure), `datastore` (etcd for tenants), `controlplane` (the
 //! tenant control-plane objects, pure builders), `reconcile` (the TenantControlPlane controller),
-//! `conditions` (status conditions), `apply` (server-side apply of children), `metrics` and
-//! `runtime` (the `orrery` process: command line, client, leader election, supervisor).
+//! `conditions` (status conditions), `apply` (server-side apply of children), `metrics`,
+//! `runtime` (the `orrery` process: command line, client, leader election, supervisor) and
+//! `plugin` (the `kubectl orrery` plugin).
 
 pub mod api;
 pub mod apply;
@@ -20,6 +21,7 @@ pub mod etcd;
 pub mod hash;
 pub mod metrics;
 pub mod pki;
+pub mod plugin;
 pub mod podspec;
 pub mod runtime;
 pub mod stop;
