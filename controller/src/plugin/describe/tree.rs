@@ -5,9 +5,9 @@
 //! are one more part with their machines grouped by [`grouped`].
 
 use super::super::error::forbidden;
-use super::certs;
 use super::fetch::{Access, Fetched, InTenant, Inside, datastore_name};
 use super::row::{Item, Ready, Row, Severity, Tree, grouped};
+use super::{certs, objects};
 use crate::api::{AddonSpec, TenantControlPlane, TenantControlPlaneStatus};
 use crate::conditions::{
     CERTIFICATES_READY, CONTROL_PLANE_AVAILABLE, DATASTORE_READY, DEGRADED, READY,
@@ -16,8 +16,6 @@ use crate::conditions::{
 use crate::controlplane::build::Names;
 use crate::tenant::{ADDON_LABEL, COREDNS, KONNECTIVITY_AGENT, KUBE_PROXY};
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 use std::time::Duration;
@@ -184,90 +182,13 @@ fn control_plane(f: &Fetched, opts: Options) -> Tree {
         read => row.message = unread(read, "get", "deployments", Some(&ns)).unwrap_or_default(),
     }
     let pods = match &f.pods {
-        Access::Read(pods) => grouped(pods.iter().map(pod).collect(), "Pods", opts.expand),
+        Access::Read(pods) => grouped(pods.iter().map(objects::pod).collect(), "Pods", opts.expand),
         read => vec![Tree::leaf(Row::note(
             "Pods",
             unread(read, "list", "pods", Some(&ns)).unwrap_or_default(),
         ))],
     };
     Tree::with(row, pods)
-}
-
-fn pod(p: &Pod) -> Item {
-    let name = p.name_any();
-    let status = p.status.clone().unwrap_or_default();
-    let ready = status
-        .conditions
-        .iter()
-        .flatten()
-        .find(|c| c.type_ == "Ready");
-    let mut row = Row {
-        since: ready.and_then(|c| c.last_transition_time.clone()),
-        ..Row::named(format!("Pod/{name}"))
-    };
-    let restarts: i32 = status
-        .container_statuses
-        .iter()
-        .flatten()
-        .map(|c| c.restart_count)
-        .sum();
-    if p.metadata.deletion_timestamp.is_some() {
-        row.ready = Some(Ready::False);
-        row.severity = Some(Severity::Info);
-        row.reason = "Terminating".into();
-    } else if ready.is_some_and(|c| c.status == "True") {
-        row.ready = Some(Ready::True);
-    } else {
-        let (reason, message) = container_trouble(p).unwrap_or_else(|| {
-            let phase = status.phase.clone().unwrap_or_else(|| "Pending".into());
-            (
-                phase,
-                ready.and_then(|c| c.message.clone()).unwrap_or_default(),
-            )
-        });
-        let expected = ["ContainerCreating", "PodInitializing", "Pending", "Running"];
-        row.ready = Some(Ready::False);
-        row.severity = Some(if expected.contains(&reason.as_str()) {
-            Severity::Info
-        } else {
-            Severity::Warning
-        });
-        row.reason = reason;
-        row.message = message;
-    }
-    if restarts > 0 {
-        let note = format!("restarted {restarts} times");
-        row.message = [row.message.as_str(), &note]
-            .iter()
-            .filter(|s| !s.is_empty())
-            .copied()
-            .collect::<Vec<_>>()
-            .join("; ");
-    }
-    Item { name, row }
-}
-
-/// The first container that waits or has stopped: its reason and "container: message".
-fn container_trouble(p: &Pod) -> Option<(String, String)> {
-    let statuses = p.status.as_ref()?.container_statuses.as_ref()?;
-    statuses.iter().find_map(|c| {
-        let state = c.state.as_ref()?;
-        let (reason, message) = if let Some(w) = &state.waiting {
-            (w.reason.clone()?, w.message.clone())
-        } else if let Some(t) = &state.terminated {
-            (
-                t.reason.clone().unwrap_or_else(|| "Terminated".into()),
-                t.message.clone(),
-            )
-        } else {
-            return None;
-        };
-        let message = match message {
-            Some(m) => format!("{}: {m}", c.name),
-            None => c.name.clone(),
-        };
-        Some((reason, message))
-    })
 }
 
 fn certificates(f: &Fetched, opts: Options, now: Timestamp) -> Tree {
@@ -387,13 +308,13 @@ fn addon_row(addon: &Addon, enabled: bool, inside: &Inside) -> Row {
             .deployments
             .iter()
             .find(|d| labelled(d.labels()))
-            .map(|d| deployment_state(d, inside.nodes.is_empty()))
+            .map(|d| objects::deployment(d, inside.nodes.is_empty()))
     } else {
         inside
             .daemon_sets
             .iter()
             .find(|d| labelled(d.labels()))
-            .map(|d| daemon_set_state(d, inside.nodes.is_empty()))
+            .map(|d| objects::daemon_set(d, inside.nodes.is_empty()))
     };
     let mut row = found.unwrap_or_else(|| Row {
         ready: Some(Ready::False),
@@ -406,63 +327,9 @@ fn addon_row(addon: &Addon, enabled: bool, inside: &Inside) -> Row {
     row
 }
 
-fn deployment_state(d: &Deployment, no_nodes: bool) -> Row {
-    let status = d.status.clone().unwrap_or_default();
-    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let ready = status.ready_replicas.unwrap_or(0);
-    let available = status
-        .conditions
-        .iter()
-        .flatten()
-        .find(|c| c.type_ == "Available");
-    let mut row = Row {
-        since: available.and_then(|c| c.last_transition_time.clone()),
-        message: format!("{ready}/{want} replicas ready"),
-        ..Row::default()
-    };
-    if ready >= want {
-        row.ready = Some(Ready::True);
-    } else if no_nodes {
-        row.ready = Some(Ready::False);
-        row.severity = Some(Severity::Info);
-        row.reason = "NoNodes".into();
-        row.message.push_str(": the tenant has no nodes yet");
-    } else {
-        row.ready = Some(Ready::False);
-        row.severity = Some(Severity::Warning);
-        row.reason = available
-            .and_then(|c| c.reason.clone())
-            .unwrap_or_else(|| "Unavailable".into());
-    }
-    row
-}
-
-fn daemon_set_state(d: &DaemonSet, no_nodes: bool) -> Row {
-    let status = d.status.clone().unwrap_or_default();
-    let (ready, want) = (status.number_ready, status.desired_number_scheduled);
-    let mut row = Row {
-        ready: Some(if ready >= want {
-            Ready::True
-        } else {
-            Ready::False
-        }),
-        since: d.metadata.creation_timestamp.clone(),
-        message: format!("{ready}/{want} nodes ready"),
-        ..Row::default()
-    };
-    if no_nodes {
-        row.message.push_str(": the tenant has no nodes yet");
-    }
-    if ready < want {
-        row.severity = Some(Severity::Warning);
-        row.reason = "NotAllReady".into();
-    }
-    row
-}
-
 /// The tenant's nodes. NodePools will group their own machines the same way.
 fn nodes(inside: &InTenant, opts: Options) -> Tree {
-    let items: Vec<Item> = inside.nodes.iter().map(node).collect();
+    let items: Vec<Item> = inside.nodes.iter().map(objects::node).collect();
     let ready = items
         .iter()
         .filter(|i| i.row.ready == Some(Ready::True))
@@ -477,25 +344,4 @@ fn nodes(inside: &InTenant, opts: Options) -> Tree {
         ..Row::named("Nodes")
     };
     Tree::with(row, grouped(items, "Nodes", opts.expand))
-}
-
-fn node(n: &Node) -> Item {
-    let name = n.name_any();
-    let ready = n
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"));
-    let mut row = Row::named(format!("Node/{name}"));
-    if let Some(c) = ready {
-        let state = Ready::of(&c.status);
-        row.ready = Some(state);
-        row.since = c.last_transition_time.clone();
-        if state != Ready::True {
-            row.severity = super::row::severity(state, "");
-            row.reason = c.reason.clone().unwrap_or_default();
-            row.message = c.message.clone().unwrap_or_default();
-        }
-    }
-    Item { name, row }
 }
