@@ -227,7 +227,18 @@ fn errors_say_what_to_do() {
         )],
     );
 
-    ground.kubectl(&["delete", "tcp", "t", "-n", &ns, "--timeout=60s"]);
+    // It never reached a DataStore, so there is nothing for Orrery's finalizer to clean up, and
+    // the operator that set it (another test's) may be gone.
+    ground.kubectl(&[
+        "patch",
+        "tcp",
+        "t",
+        "-n",
+        &ns,
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
     ground.kubectl(&["delete", "namespace", &ns, "--wait=false"]);
 }
 
@@ -273,6 +284,8 @@ fn json_names(tree: &Value, depth: usize, out: &mut Vec<(usize, String)>) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_live_tenant_at_a_glance() {
     let ground = live_ground();
+    // Built first, so that `wait` below starts while the tenant is still coming up.
+    plugin_dir();
     install_crds(&ground);
     let client = ground.client().await.unwrap();
     let release = Release::install(&ground, "orrery-plugin");

@@ -33,14 +33,14 @@ pub fn pod(p: &Pod) -> Item {
     } else if ready.is_some_and(|c| c.status == "True") {
         row.ready = Some(Ready::True);
     } else {
+        // A container that runs but is not ready yet says so only in the pod's condition.
         let (reason, message) = container_trouble(p).unwrap_or_else(|| {
+            let reason = ready.and_then(|c| c.reason.clone());
             let phase = status.phase.clone().unwrap_or_else(|| "Pending".into());
-            (
-                phase,
-                ready.and_then(|c| c.message.clone()).unwrap_or_default(),
-            )
+            let message = ready.and_then(|c| c.message.clone()).unwrap_or_default();
+            (reason.unwrap_or(phase), message)
         });
-        let expected = ["ContainerCreating", "PodInitializing", "Pending", "Running"];
+        let expected = ["ContainerCreating", "PodInitializing", "Pending"];
         row.ready = Some(Ready::False);
         row.severity = Some(if expected.contains(&reason.as_str()) {
             Severity::Info

@@ -434,3 +434,35 @@ fn addons_switched_off_or_missing() {
     assert_eq!(nodes.row.message, "1/1 Ready");
     assert_eq!(nodes.children[0].row.name, "Node/w1");
 }
+
+#[test]
+fn a_running_pod_not_ready_yet_says_so() {
+    let mut starting = pod("demo-d", false);
+    let ready = &mut starting
+        .status
+        .as_mut()
+        .unwrap()
+        .conditions
+        .as_mut()
+        .unwrap()[0];
+    ready.reason = Some("ContainersNotReady".into());
+    ready.message = Some("containers with unready status: [kube-apiserver]".into());
+    let f = Fetched {
+        pods: Access::Read(vec![starting]),
+        ..ready_tenant()
+    };
+    let t = tree(&f, Options::default(), Timestamp::now());
+    let row = &find(&t, "Pod/demo-d").row;
+    assert_eq!(
+        (row.ready, row.severity, row.reason.as_str()),
+        (
+            Some(Ready::False),
+            Some(Severity::Warning),
+            "ContainersNotReady"
+        )
+    );
+    assert_eq!(
+        row.message,
+        "containers with unready status: [kube-apiserver]"
+    );
+}
