@@ -43,10 +43,9 @@ pub enum Verdict {
 
 /// Whether `tcp` has reached `goal`, and a line saying where it is.
 pub fn assess(tcp: &TenantControlPlane, goal: &Goal) -> Verdict {
+    // Soon after creation this is normal; `summary` asks about the operator on a timeout.
     let Some(status) = &tcp.status else {
-        return Verdict::Waiting(
-            "Orrery has not reported on it yet: is the operator running?".into(),
-        );
+        return Verdict::Waiting("Orrery has not reported on it yet".into());
     };
     let seen = status.observed_generation.unwrap_or(0);
     if let Some(wanted) = goal.generation
@@ -259,9 +258,7 @@ spec: {version: v1.34.4}
             (
                 tenant(SPEC),
                 goal.clone(),
-                Verdict::Waiting(
-                    "Orrery has not reported on it yet: is the operator running?".into(),
-                ),
+                Verdict::Waiting("Orrery has not reported on it yet".into()),
             ),
             (
                 with_status("  observedGeneration: 2\n  phase: Ready\n"),
