@@ -4,8 +4,8 @@
 //! (certificates and kubeconfigs, pure), `datastore` (etcd for tenants), `controlplane` (the
 //! tenant control-plane objects, pure builders), `reconcile` (the TenantControlPlane controller),
 //! `nodepool` (worker VMs; for now the pure rollout planner), `conditions` (status conditions),
-//! `apply` (server-side apply of children), `metrics` and `runtime` (the `orrery` process:
-//! command line, client, leader election, supervisor).
+//! `apply` (server-side apply of children), `metrics`, `runtime` (the `orrery` process: command
+//! line, client, leader election, supervisor) and `plugin` (the `kubectl orrery` plugin).
 
 pub mod api;
 pub mod apply;
@@ -22,6 +22,7 @@ pub mod hash;
 pub mod metrics;
 pub mod nodepool;
 pub mod pki;
+pub mod plugin;
 pub mod podspec;
 pub mod runtime;
 pub mod stop;

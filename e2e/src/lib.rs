@@ -2,7 +2,9 @@
 //! and connect to its apiserver.
 //!
 //! The ground is located through `e2e/ground env`; a test never skips when the ground is missing,
-//! it fails and says how to start it.
+//! it fails and says how to start it. [`live`] holds what the tests of the live tier share.
+
+pub mod live;
 
 use anyhow::{Context as _, Result, bail};
 use std::collections::BTreeMap;

@@ -11,7 +11,11 @@ use etcd_client::{
 use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use orrery::api::{DataStore, TenantControlPlane};
-use orrery_e2e::{Ground, eventually, install_crds, repo_root, unique_name};
+use orrery_e2e::live::{
+    Release, apply_json, check, live_ground, live_scheduling, managed_datastore,
+    restricted_namespace,
+};
+use orrery_e2e::{Ground, eventually, install_crds, unique_name};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -19,60 +23,6 @@ use std::time::{Duration, Instant};
 
 const TOKEN_ID: &str = "abcdef";
 const TOKEN_SECRET: &str = "0123456789abcdef";
-
-fn live_ground() -> Ground {
-    let ground = Ground::get().expect("test ground");
-    assert_eq!(
-        ground.env.get("ORRERY_GROUND_LIVE").map(String::as_str),
-        Some("1"),
-        "ground '{}' has no live tier: start it with `ORRERY_GROUND_LIVE=1 e2e/ground up`",
-        ground.var("ORRERY_GROUND")
-    );
-    ground
-}
-
-/// Placement on the ground's real node (kwok's fake nodes run nothing).
-fn live_scheduling() -> serde_json::Value {
-    json!({
-        "nodeSelector": {"orrery.dev/ground-node": "live"},
-        "tolerations": [{"key": "orrery.dev/live", "operator": "Exists", "effect": "NoSchedule"}]
-    })
-}
-
-/// A new namespace that enforces Pod Security `restricted`.
-fn restricted_namespace(ground: &Ground, prefix: &str) -> String {
-    let ns = unique_name(prefix);
-    ground.kubectl(&["create", "namespace", &ns]);
-    ground.kubectl(&[
-        "label",
-        "namespace",
-        &ns,
-        "pod-security.kubernetes.io/enforce=restricted",
-    ]);
-    ns
-}
-
-fn apply_json(ground: &Ground, value: &serde_json::Value) {
-    let file = std::env::temp_dir().join(format!("{}.json", unique_name("live-apply")));
-    std::fs::write(&file, value.to_string()).unwrap();
-    ground.kubectl(&[
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        file.to_str().unwrap(),
-    ]);
-}
-
-fn check(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn secret_text(secret: &Secret, key: &str) -> String {
     String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap()
@@ -160,89 +110,16 @@ async fn a_live_tenant_serves_real_clients_and_kubeadm_discovery() {
     install_crds(&ground);
     let client = ground.client().await.unwrap();
     let dir = workdir();
-    let release_ns = unique_name("orrery-live");
     let etcd_ns = unique_name("orrery-etcd");
     let datastore = unique_name("live");
-    // Cluster-scoped chart objects are named after the release: a unique release never meets
-    // another installation's ClusterRole.
-    let release = unique_name("orrery-live");
-    let (release_ns, etcd_ns, datastore) =
-        (release_ns.as_str(), etcd_ns.as_str(), datastore.as_str());
+    let (etcd_ns, datastore) = (etcd_ns.as_str(), datastore.as_str());
 
     // Orrery itself, from its chart, on the real node.
-    let chart = repo_root().join("charts/orrery");
-    check(
-        ground.run(
-            "helm",
-            &[
-                "upgrade",
-                "--install",
-                &release,
-                chart.to_str().unwrap(),
-                "-n",
-                release_ns,
-                "--create-namespace",
-                // The CRDs are in place already (install_crds), applied outside Helm.
-                "--set",
-                "crds.install=false",
-                "--set",
-                "replicaCount=1",
-                "--set",
-                "image.pullPolicy=Never",
-                "--set",
-                "nodeSelector.orrery\\.dev/ground-node=live",
-                "--set",
-                "tolerations[0].key=orrery.dev/live",
-                "--set",
-                "tolerations[0].operator=Exists",
-                "--set",
-                "tolerations[0].effect=NoSchedule",
-                "--wait",
-                "--timeout=180s",
-            ],
-        ),
-        "helm install",
-    );
+    let release = Release::install(&ground, "orrery-live");
 
     // A managed DataStore: Orrery's own etcd StatefulSet, one member, on the real node.
-    let _ = ground.run("kubectl", &["create", "namespace", etcd_ns]);
-    ground.kubectl(&[
-        "label",
-        "--overwrite",
-        "namespace",
-        etcd_ns,
-        "pod-security.kubernetes.io/enforce=restricted",
-    ]);
-    apply_json(
-        &ground,
-        &json!({
-            "apiVersion": "orrery.dev/v1alpha1", "kind": "DataStore", "metadata": {"name": datastore},
-            "spec": {"managed": {"namespace": etcd_ns, "replicas": 1, "scheduling": live_scheduling()}}
-        }),
-    );
+    managed_datastore(&ground, &client, datastore, etcd_ns).await;
     let datastores = Api::<DataStore>::all(client.clone());
-    eventually(
-        "the managed DataStore is Ready",
-        Duration::from_secs(240),
-        || async {
-            let ds = datastores.get(datastore).await.ok()?;
-            ds.status?
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-                .then_some(())
-        },
-    )
-    .await
-    .unwrap_or_else(|e| {
-        let ds = ground.run("kubectl", &["get", "datastore", datastore, "-o", "yaml"]);
-        let pods = ground.run("kubectl", &["get", "pods", "-n", etcd_ns, "-o", "wide"]);
-        panic!(
-            "{e}\n{}\n{}",
-            String::from_utf8_lossy(&ds.stdout),
-            String::from_utf8_lossy(&pods.stdout)
-        )
-    });
 
     // The tenant.
     let ns = restricted_namespace(&ground, "live");
@@ -270,22 +147,13 @@ async fn a_live_tenant_serves_real_clients_and_kubeadm_discovery() {
     if !wait.status.success() {
         let tcp = ground.run("kubectl", &["get", "tcp", "live", "-n", &ns, "-o", "yaml"]);
         let pods = ground.run("kubectl", &["get", "pods", "-n", &ns, "-o", "wide"]);
-        let logs = ground.run(
-            "kubectl",
-            &[
-                "logs",
-                "-n",
-                release_ns,
-                &format!("deploy/{release}"),
-                "--tail=40",
-            ],
-        );
+        let logs = release.logs();
         panic!(
             "tenant not Ready: {}\n{}\n{}\n{}",
             String::from_utf8_lossy(&wait.stderr),
             String::from_utf8_lossy(&tcp.stdout),
             String::from_utf8_lossy(&pods.stdout),
-            String::from_utf8_lossy(&logs.stdout)
+            logs
         );
     }
     println!(
@@ -490,11 +358,8 @@ async fn a_live_tenant_serves_real_clients_and_kubeadm_discovery() {
     })
     .await
     .unwrap();
-    check(
-        ground.run("helm", &["uninstall", &release, "-n", release_ns, "--wait"]),
-        "helm uninstall",
-    );
-    ground.kubectl(&["delete", "namespace", release_ns, etcd_ns, "--wait=false"]);
+    release.uninstall();
+    ground.kubectl(&["delete", "namespace", etcd_ns, "--wait=false"]);
 }
 
 /// Prints the resident memory of the tenant's control-plane pod, from its memory cgroup

@@ -22,6 +22,11 @@ const LABEL_MANAGED: (&str, &str) = ("app.kubernetes.io/managed-by", "orrery");
 /// Names the part of the tenant bootstrap an object belongs to (`bootstrap` or an add-on), so
 /// objects of a part switched off can be found and removed.
 pub const ADDON_LABEL: &str = "orrery.dev/addon";
+/// [`ADDON_LABEL`] values of the add-ons, which are also the names of their workloads in
+/// kube-system (a Deployment for CoreDNS, DaemonSets for the others).
+pub const COREDNS: &str = "coredns";
+pub const KUBE_PROXY: &str = "kube-proxy";
+pub const KONNECTIVITY_AGENT: &str = "konnectivity-agent";
 
 pub mod apply;
 mod bootstrap;
@@ -149,13 +154,13 @@ pub fn build(tcp: &TenantControlPlane, inputs: &BootstrapInputs) -> Result<Tenan
         let image = coredns::image(&addons.core_dns, registry);
         let mut part = TenantObjects::default();
         coredns::objects(&mut part, &image, &dns_ip, &net.cluster_domain);
-        o.extend(part.labelled("coredns"));
+        o.extend(part.labelled(COREDNS));
     }
     if addons.kube_proxy.enabled {
         let image = kube_proxy::image(&addons.kube_proxy, registry, &spec.version);
         let mut part = TenantObjects::default();
         kube_proxy::objects(&mut part, &image, &inputs.endpoint, &net.pod_cidr);
-        o.extend(part.labelled("kube-proxy"));
+        o.extend(part.labelled(KUBE_PROXY));
     }
     if addons.konnectivity.enabled {
         let image = konnectivity_agent::image(&addons.konnectivity, registry);
@@ -166,7 +171,7 @@ pub fn build(tcp: &TenantControlPlane, inputs: &BootstrapInputs) -> Result<Tenan
             &inputs.endpoint,
             tcp.spec.network.konnectivity_port,
         );
-        o.extend(part.labelled("konnectivity-agent"));
+        o.extend(part.labelled(KONNECTIVITY_AGENT));
     }
     Ok(o)
 }

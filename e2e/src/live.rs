@@ -1,0 +1,210 @@
+//! What the tests of the live tier share: the live ground itself, placement on its real node,
+//! Orrery installed there with its Helm chart, and a managed DataStore whose etcd really runs.
+
+use crate::{Ground, eventually, repo_root, unique_name};
+use kube::api::Api;
+use orrery::api::DataStore;
+use serde_json::json;
+use std::process::Output;
+use std::time::Duration;
+
+/// The ground named by `ORRERY_GROUND`; fails unless it has the live tier.
+pub fn live_ground() -> Ground {
+    let ground = Ground::get().expect("test ground");
+    assert_eq!(
+        ground.env.get("ORRERY_GROUND_LIVE").map(String::as_str),
+        Some("1"),
+        "ground '{}' has no live tier: start it with `ORRERY_GROUND_LIVE=1 e2e/ground up`",
+        ground.var("ORRERY_GROUND")
+    );
+    ground
+}
+
+/// Placement on the ground's real node (kwok's fake nodes run nothing).
+pub fn live_scheduling() -> serde_json::Value {
+    json!({
+        "nodeSelector": {"orrery.dev/ground-node": "live"},
+        "tolerations": [{"key": "orrery.dev/live", "operator": "Exists", "effect": "NoSchedule"}]
+    })
+}
+
+/// A new namespace that enforces Pod Security `restricted`.
+pub fn restricted_namespace(ground: &Ground, prefix: &str) -> String {
+    let ns = unique_name(prefix);
+    ground.kubectl(&["create", "namespace", &ns]);
+    ground.kubectl(&[
+        "label",
+        "namespace",
+        &ns,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]);
+    ns
+}
+
+/// Server-side applies one object with real kubectl.
+pub fn apply_json(ground: &Ground, value: &serde_json::Value) {
+    let file = std::env::temp_dir().join(format!("{}.json", unique_name("live-apply")));
+    std::fs::write(&file, value.to_string()).unwrap();
+    ground.kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+}
+
+/// The stdout of a command that must succeed; fails with both outputs otherwise.
+pub fn check(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Orrery installed from its chart on the real node, as a Helm release of its own. Uninstalled
+/// when dropped, so a failed test leaves no controller behind for the next one.
+pub struct Release {
+    ground: Ground,
+    pub name: String,
+    pub namespace: String,
+    uninstalled: bool,
+}
+
+impl Release {
+    /// Installs the chart as a release with a unique name (its cluster-scoped objects are named
+    /// after the release, so it never meets another installation's ClusterRole), one replica,
+    /// the CRDs left to [`crate::install_crds`].
+    pub fn install(ground: &Ground, prefix: &str) -> Self {
+        let release = Self {
+            ground: ground.clone(),
+            name: unique_name(prefix),
+            namespace: unique_name(prefix),
+            uninstalled: false,
+        };
+        let chart = repo_root().join("charts/orrery");
+        check(
+            ground.run(
+                "helm",
+                &[
+                    "upgrade",
+                    "--install",
+                    &release.name,
+                    chart.to_str().unwrap(),
+                    "-n",
+                    &release.namespace,
+                    "--create-namespace",
+                    // The CRDs are in place already (install_crds), applied outside Helm.
+                    "--set",
+                    "crds.install=false",
+                    "--set",
+                    "replicaCount=1",
+                    "--set",
+                    "image.pullPolicy=Never",
+                    "--set",
+                    "nodeSelector.orrery\\.dev/ground-node=live",
+                    "--set",
+                    "tolerations[0].key=orrery.dev/live",
+                    "--set",
+                    "tolerations[0].operator=Exists",
+                    "--set",
+                    "tolerations[0].effect=NoSchedule",
+                    "--wait",
+                    "--timeout=180s",
+                ],
+            ),
+            "helm install",
+        );
+        release
+    }
+
+    /// The last lines of the controller's log, for a failure message.
+    pub fn logs(&self) -> String {
+        let out = self.ground.run(
+            "kubectl",
+            &[
+                "logs",
+                "-n",
+                &self.namespace,
+                &format!("deploy/{}", self.name),
+                "--tail=40",
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Uninstalls the release and deletes its namespace; fails if helm does.
+    pub fn uninstall(mut self) {
+        self.uninstalled = true;
+        check(
+            self.ground.run(
+                "helm",
+                &["uninstall", &self.name, "-n", &self.namespace, "--wait"],
+            ),
+            "helm uninstall",
+        );
+        self.ground
+            .kubectl(&["delete", "namespace", &self.namespace, "--wait=false"]);
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if !self.uninstalled {
+            let _ = self.ground.run(
+                "helm",
+                &["uninstall", &self.name, "-n", &self.namespace, "--wait"],
+            );
+            let _ = self.ground.run(
+                "kubectl",
+                &["delete", "namespace", &self.namespace, "--wait=false"],
+            );
+        }
+    }
+}
+
+/// Creates a managed DataStore `name` (Orrery's own etcd StatefulSet, one member, on the real
+/// node, in the restricted namespace `etcd_ns`) and waits until it is Ready.
+pub async fn managed_datastore(ground: &Ground, client: &kube::Client, name: &str, etcd_ns: &str) {
+    let _ = ground.run("kubectl", &["create", "namespace", etcd_ns]);
+    ground.kubectl(&[
+        "label",
+        "--overwrite",
+        "namespace",
+        etcd_ns,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]);
+    apply_json(
+        ground,
+        &json!({
+            "apiVersion": "orrery.dev/v1alpha1", "kind": "DataStore", "metadata": {"name": name},
+            "spec": {"managed": {"namespace": etcd_ns, "replicas": 1, "scheduling": live_scheduling()}}
+        }),
+    );
+    let datastores = Api::<DataStore>::all(client.clone());
+    eventually(
+        "the managed DataStore is Ready",
+        Duration::from_secs(240),
+        || async {
+            let ds = datastores.get(name).await.ok()?;
+            ds.status?
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        let ds = ground.run("kubectl", &["get", "datastore", name, "-o", "yaml"]);
+        let pods = ground.run("kubectl", &["get", "pods", "-n", etcd_ns, "-o", "wide"]);
+        panic!(
+            "{e}\n{}\n{}",
+            String::from_utf8_lossy(&ds.stdout),
+            String::from_utf8_lossy(&pods.stdout)
+        )
+    });
+}
