@@ -343,12 +343,12 @@ stop_live() {
     find "${h%/}$cgroup_root" -depth -type d -exec rmdir {} + 2>/dev/null ||
       say "cannot remove the cgroup ${h%/}$cgroup_root (processes left in it?)"
   done
-  # Directories containerd 1.6 and CNI keep at fixed places (shim sockets, network namespaces,
-  # CNI results): removed when empty, so only what the live tier made goes.
   # A sandbox that failed half-way leaves its network namespace file unmounted.
   for m in /run/netns/cni-*; do
     [ -f "$m" ] && ! mountpoint -q "$m" && rm -f "$m"
   done
+  # Directories containerd 1.6 and CNI keep at fixed places (shim sockets, network namespaces,
+  # CNI results): removed when empty, so only what the live tier made goes.
   rmdir /run/containerd/s /run/containerd /var/lib/cni/results /var/lib/cni /run/netns 2>/dev/null || true
   if [ -f "$live_dir/sysctl.orig" ]; then
     local kv

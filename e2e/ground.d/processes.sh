@@ -101,7 +101,8 @@ start() { # component args...
 forked_child() { # pid
   local i child
   for ((i = 0; i < 50; i++)); do
-    child=$(pgrep -P "$1" | head -1) && { echo "$child"; return 0; }
+    child=$(pgrep -P "$1" | head -1 || true)
+    [ -n "$child" ] && { echo "$child"; return 0; }
     sleep 0.1
   done
   return 1
