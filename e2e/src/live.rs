@@ -8,9 +8,11 @@ use serde_json::json;
 use std::process::Output;
 use std::time::Duration;
 
-/// The ground named by `ORRERY_GROUND`; fails unless it has the live tier.
+/// The ground named by `ORRERY_GROUND`; fails unless it runs and has the live tier (and with it
+/// KubeVirt).
 pub fn live_ground() -> Ground {
     let ground = Ground::get().expect("test ground");
+    ground.ensure_running().expect("the test ground runs");
     assert_eq!(
         ground.env.get("ORRERY_GROUND_LIVE").map(String::as_str),
         Some("1"),

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use orrery_e2e::live::live_ground;
 use orrery_e2e::{Ground, processes_mentioning, repo_root, unique_name};
 
 const KUBEVIRT_VERSION: &str = "v1.8.2";
@@ -24,18 +25,6 @@ const LAUNCHER_IMAGE: &str = "quay.io/kubevirt/virt-launcher:v1.8.2";
 /// Emulated boots take 60–120 s on these machines (DESIGN.md); a VM that needs more is broken.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 const TIMEOUT: Duration = Duration::from_secs(180);
-
-fn live_ground() -> Ground {
-    let ground = Ground::get().expect("the test ground is set up");
-    ground.ensure_running().expect("the test ground runs");
-    assert_eq!(
-        ground.env.get("ORRERY_GROUND_LIVE").map(String::as_str),
-        Some("1"),
-        "ground '{}' has no live tier (and so no KubeVirt): run `e2e/ground up --live`",
-        ground.var("ORRERY_GROUND")
-    );
-    ground
-}
 
 /// What `e2e/images` prints for a command (a path or an image reference).
 fn images(command: &str) -> String {
@@ -386,7 +375,9 @@ spec:
     );
     assert_eq!(fetched.trim(), token, "what the pod fetched from the guest");
 
-    // A PersistentVolumeClaim hot-plugged into the running VM shows up in the guest. On a
+    // A PersistentVolumeClaim hot-plugged into the running VM (its VMI: the VM's own volume
+    // requests go through its status, which KubeVirt's controller writes at the same time) shows
+    // up in the guest. On a
     // Filesystem volume KubeVirt attaches the file disk.img (what CDI's blank DataVolume makes):
     // a pod creates it, sparse, as the qemu user, with coreutils from the launcher image.
     ns.apply(
@@ -431,7 +422,6 @@ spec:
             "worker",
             "--volume-name=extra",
             "--serial=orrery-extra",
-            "--persist",
         ])
         .output()
         .expect("virtctl runs");

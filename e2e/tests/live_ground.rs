@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use orrery_e2e::live::live_ground;
 use orrery_e2e::{Ground, unique_name};
 
 const NODE: &str = "live-0";
@@ -21,19 +22,6 @@ const KUBERNETES_VERSION: &str = "v1.34.4";
 const KUBE_IMAGE: &str = "registry.k8s.io/kube-apiserver:v1.34.4";
 const ETCD_IMAGE: &str = "registry.k8s.io/etcd:3.6.4-0";
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-fn live_ground() -> Ground {
-    let ground = Ground::get().expect("the test ground is set up");
-    ground.ensure_running().expect("the test ground runs");
-    assert_eq!(
-        ground.env.get("ORRERY_GROUND_LIVE").map(String::as_str),
-        Some("1"),
-        "ground '{}' has no live tier: run `ORRERY_GROUND=live ORRERY_GROUND_PORT_BASE=19440 \
-         e2e/ground up --live` and these tests with ORRERY_GROUND=live",
-        ground.var("ORRERY_GROUND")
-    );
-    ground
-}
 
 /// A namespace for one test, deleted when dropped (also when the test fails).
 struct Namespace<'a> {
