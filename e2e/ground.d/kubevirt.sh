@@ -89,6 +89,9 @@ kubevirt_available() {
   for c in virt-operator virt-api virt-controller virt-handler; do
     grep -qx "$c True" <<<"$ready" || return 1
   done
+  # virtctl's verbs (console, addvolume, ...) go through virt-api's aggregated API.
+  [ "$(kctl get apiservice v1.subresources.kubevirt.io \
+    -o 'jsonpath={.status.conditions[?(@.type=="Available")].status}')" = True ]
 }
 
 # The operator as KubeVirt releases it, placed on the live node with one replica: a kustomize

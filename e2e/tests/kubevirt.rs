@@ -412,6 +412,14 @@ spec:
         (phase == "Succeeded" || phase == "Failed").then_some(phase)
     });
     assert_eq!(phase, "Succeeded", "the pod that makes disk.img failed");
+    // virtctl's verbs go through virt-api's aggregated API: it must be Available.
+    ns.wait("virt-api's aggregated API Available", TIMEOUT, || {
+        let available = ns.jsonpath(
+            "apiservice/v1.subresources.kubevirt.io",
+            "{.status.conditions[?(@.type==\"Available\")].status}",
+        );
+        (available == "True").then_some(())
+    });
     let out = Command::new(virtctl_path())
         .args([
             "--kubeconfig",
