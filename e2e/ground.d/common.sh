@@ -20,6 +20,8 @@ live_components=(containerd kubelet kube-proxy)
 live_node="live-0"
 live_bridge=orrery0
 live_pod_cidr=10.88.0.0/16
+# The management cluster's Service range, and the cluster DNS address in it.
+service_cidr=10.96.0.0/16
 live_dns_ip=10.96.0.10
 live_taint=orrery.dev/live
 live_storage_class="ground-local"

@@ -34,7 +34,7 @@ controlPlaneEndpoint: 127.0.0.1:$port_api
 apiServer:
   certSANs: [127.0.0.1, localhost${node_ip:+, $node_ip}]
 networking:
-  serviceSubnet: 10.96.0.0/16
+  serviceSubnet: $service_cidr
   dnsDomain: cluster.local
 etcd:
   local:
@@ -153,7 +153,7 @@ start_apiserver() {
     --authorization-mode=Node,RBAC \
     --enable-admission-plugins=NodeRestriction,PodSecurity,ValidatingAdmissionPolicy \
     --enable-bootstrap-token-auth=true --allow-privileged=true \
-    --service-cluster-ip-range=10.96.0.0/16 \
+    --service-cluster-ip-range=$service_cidr \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
     --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" \
@@ -181,7 +181,7 @@ start_controller_manager() {
     --use-service-account-credentials=true --service-account-private-key-file="$pki/sa.key" \
     --root-ca-file="$pki/ca.crt" \
     --cluster-signing-cert-file="$pki/ca.crt" --cluster-signing-key-file="$pki/ca.key" \
-    --service-cluster-ip-range=10.96.0.0/16
+    --service-cluster-ip-range=$service_cidr
 }
 
 start_scheduler() {

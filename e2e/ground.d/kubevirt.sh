@@ -145,6 +145,8 @@ YAML
 kubevirt_failure_report() {
   local pod ready c
   kctl -n "$kubevirt_namespace" get kubevirt,pods -o wide >&2 || true
+  say "virt-api's aggregated API: $(kctl get apiservice v1.subresources.kubevirt.io \
+    -o 'jsonpath={.status.conditions[?(@.type=="Available")].message}' 2>&1)"
   while read -r pod ready; do
     [ -n "$pod" ] || continue
     [[ $ready == *true* && $ready != *false* ]] && continue

@@ -242,7 +242,21 @@ start_kubelet() {
     --node-labels="orrery.dev/ground-node=live,kubernetes.io/os=linux"
 }
 
+# This machine's network answers a TCP connection to any address it does not know (on 443 with an
+# HTTP 404). A connection to a Service IP made before kube-proxy has written its rule reaches that
+# answer and may stay open: kube-apiserver kept such a connection for an aggregated API's
+# availability check, which then failed for good. Refuse what kube-proxy did not translate, as a
+# cluster network does (the filter table sees the address after kube-proxy's DNAT).
+refuse_untranslated_service_ips() {
+  local chain=ORRERY-UNTRANSLATED-SERVICES base
+  iptables -w -N "$chain"
+  iptables -w -A "$chain" -d "$service_cidr" -p tcp -j REJECT --reject-with tcp-reset
+  iptables -w -A "$chain" -d "$service_cidr" -j REJECT
+  for base in OUTPUT FORWARD; do iptables -w -I "$base" -j "$chain"; done
+}
+
 start_kube_proxy() {
+  refuse_untranslated_service_ips
   start kube-proxy
 }
 
@@ -284,16 +298,16 @@ mounts_under() { # dir
   awk -v d="$1" '$5 == d || index($5, d "/") == 1 { print $5 }' /proc/self/mountinfo | sort -ru
 }
 
-# Deletes the iptables rules and chains kube-proxy, the kubelet and the CNI plugins made (all
-# named KUBE-* or CNI-*) that are still there after kube-proxy's own cleanup.
+# Deletes the iptables rules and chains kube-proxy, the kubelet, the CNI plugins and the ground made
+# (named KUBE-*, CNI-* or ORRERY-*) that are still there after kube-proxy's own cleanup.
 clean_iptables() {
   local cmd table chains rules rule c
   for cmd in iptables ip6tables; do
     for table in filter nat mangle; do
-      chains=$("$cmd" -w -t "$table" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^(KUBE-|CNI-)/ { print $2 }') || continue
+      chains=$("$cmd" -w -t "$table" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^(KUBE-|CNI-|ORRERY-)/ { print $2 }') || continue
       [ -n "$chains" ] || continue
       # First the rules that jump to them, then their rules, then the chains.
-      rules=$("$cmd" -w -t "$table" -S | grep -E -- '^-A .* -j (KUBE-|CNI-)' || true)
+      rules=$("$cmd" -w -t "$table" -S | grep -E -- '^-A .* -j (KUBE-|CNI-|ORRERY-)' || true)
       while read -r rule; do
         [ -n "$rule" ] || continue
         eval "$cmd -w -t $table -D ${rule#-A }" 2>/dev/null || true
