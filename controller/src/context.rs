@@ -14,6 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::warn;
 
+/// The repository of the worker images Orrery's own build makes.
+pub const DEFAULT_WORKER_IMAGE: &str = "orrery.dev/worker";
+
 /// Process-wide settings of the controllers.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -23,6 +26,9 @@ pub struct Settings {
     pub resync: Duration,
     /// Whether to reach into tenant clusters (readiness via /readyz, bootstrap, add-ons).
     pub tenant_access: bool,
+    /// Repository of the worker containerDisk images; a pool boots `<repository>:<version>`
+    /// unless its template names an image.
+    pub worker_image: String,
 }
 
 impl Default for Settings {
@@ -31,6 +37,7 @@ impl Default for Settings {
             image_registry: "registry.k8s.io".into(),
             resync: Duration::from_secs(300),
             tenant_access: true,
+            worker_image: DEFAULT_WORKER_IMAGE.into(),
         }
     }
 }

@@ -21,6 +21,9 @@ pub enum Error {
     DataStore(String),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// Something the operation needs is still on its way; it is retried.
+    #[error("waiting: {0}")]
+    Pending(String),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -41,6 +44,7 @@ impl Error {
             Error::NotFound { .. } => "NotFound",
             Error::DataStore(_) => "DataStore",
             Error::Io(_) => "Io",
+            Error::Pending(_) => "Pending",
             Error::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),

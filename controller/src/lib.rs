@@ -3,7 +3,7 @@
 //! Each concern has its own module: `api` (the custom resources), `crdgen` (CRD YAML), `pki`
 //! (certificates and kubeconfigs, pure), `datastore` (etcd for tenants), `controlplane` (the
 //! tenant control-plane objects, pure builders), `reconcile` (the TenantControlPlane controller),
-//! `nodepool` (worker VMs; for now the pure rollout planner), `conditions` (status conditions),
+//! `nodepool` (the NodePool controller: KubeVirt worker VMs that join a tenant), `conditions` (status conditions),
 //! `apply` (server-side apply of children), `metrics`, `runtime` (the `orrery` process: command
 //! line, client, leader election, supervisor) and `plugin` (the `kubectl orrery` plugin).
 
@@ -40,6 +40,7 @@ pub type RunController = fn(
 pub const CONTROLLERS: &[(&str, RunController)] = &[
     ("tenantcontrolplane", controlplane::run),
     ("datastore", datastore::run),
+    ("nodepool", nodepool::run),
 ];
 
 /// The one field manager Orrery uses for server-side apply.

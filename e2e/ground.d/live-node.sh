@@ -249,10 +249,13 @@ start_kubelet() {
 # cluster network does (the filter table sees the address after kube-proxy's DNAT).
 refuse_untranslated_service_ips() {
   local chain=ORRERY-UNTRANSLATED-SERVICES base
-  iptables -w -N "$chain"
+  # Idempotent: `up` on a running ground comes here again.
+  iptables -w -N "$chain" 2>/dev/null || iptables -w -F "$chain"
   iptables -w -A "$chain" -d "$service_cidr" -p tcp -j REJECT --reject-with tcp-reset
   iptables -w -A "$chain" -d "$service_cidr" -j REJECT
-  for base in OUTPUT FORWARD; do iptables -w -I "$base" -j "$chain"; done
+  for base in OUTPUT FORWARD; do
+    iptables -w -C "$base" -j "$chain" 2>/dev/null || iptables -w -I "$base" -j "$chain"
+  done
 }
 
 start_kube_proxy() {

@@ -224,6 +224,8 @@ fn schema_rejects_bad_values() {
         "image.noSuchField=1",
         "crds.install=maybe",
         "crds.noSuchField=1",
+        "workerImage=https://registry/worker",
+        "workerImage=orrery.dev/worker:v1.34.4",
     ] {
         let out = helm(&["template", "orrery", chart.as_str(), "--set", bad]);
         assert!(!out.status.success(), "helm template accepted --set {bad}");
@@ -259,18 +261,41 @@ fn rbac_is_least_privilege_without_wildcards() {
         expected(&[
             (
                 "orrery.dev",
-                &["tenantcontrolplanes", "datastores"],
+                &["tenantcontrolplanes", "datastores", "nodepools"],
                 &["get", "list", "watch", "patch", "update"]
             ),
             (
                 "orrery.dev",
-                &["tenantcontrolplanes/status", "datastores/status"],
+                &[
+                    "tenantcontrolplanes/status",
+                    "datastores/status",
+                    "nodepools/status",
+                ],
                 &["get", "patch", "update"]
             ),
             (
                 "orrery.dev",
-                &["tenantcontrolplanes/finalizers", "datastores/finalizers"],
+                &[
+                    "tenantcontrolplanes/finalizers",
+                    "datastores/finalizers",
+                    "nodepools/finalizers",
+                ],
                 &["update"]
+            ),
+            (
+                "kubevirt.io",
+                &["virtualmachines"],
+                &["get", "list", "watch", "create", "patch", "delete"]
+            ),
+            (
+                "kubevirt.io",
+                &["virtualmachineinstances"],
+                &["get", "list", "watch"]
+            ),
+            (
+                "",
+                &["persistentvolumeclaims"],
+                &["get", "list", "watch", "create", "delete"]
             ),
             (
                 "",
@@ -392,6 +417,7 @@ fn rendered_objects_follow_the_spec() {
         "--metrics-addr=0.0.0.0:8080",
         "--log-format=json",
         "--image-registry=registry.k8s.io",
+        "--worker-image=orrery.dev/worker",
         "--resync-seconds=300",
     ] {
         assert!(args.iter().any(|a| a == arg), "args {args:?} lack {arg}");
@@ -491,6 +517,8 @@ fn rendered_objects_follow_the_spec() {
         "--set",
         "imageRegistry=mirror.example/k8s",
         "--set",
+        "workerImage=mirror.example:5000/orrery/worker",
+        "--set",
         "extraArgs[0]=--extra=1",
         "--set",
         "metrics.service.prometheusAnnotations=false",
@@ -501,6 +529,7 @@ fn rendered_objects_follow_the_spec() {
     for arg in [
         "--log-format=text",
         "--image-registry=mirror.example/k8s",
+        "--worker-image=mirror.example:5000/orrery/worker",
         "--extra=1",
     ] {
         assert!(args.iter().any(|a| a == arg), "args {args:?} lack {arg}");
@@ -809,6 +838,19 @@ fn install_upgrade_uninstall_under_pod_security_restricted() {
         "-n",
         "default"
     ]));
+    assert!(
+        !can(&["update", "virtualmachines.kubevirt.io", "-n", "default"]),
+        "worker VMs are created once, never rewritten"
+    );
+    assert!(
+        !can(&[
+            "delete",
+            "virtualmachineinstances.kubevirt.io",
+            "-n",
+            "default"
+        ]),
+        "running VMs are only observed"
+    );
     assert!(!can(&["create", "namespaces"]));
     assert!(!can(&["create", "clusterroles.rbac.authorization.k8s.io"]));
 

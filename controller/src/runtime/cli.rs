@@ -120,6 +120,17 @@ pub struct ControllerArgs {
         value_parser = BoolishValueParser::new(),
     )]
     pub tenant_access: bool,
+
+    /// Repository of the worker containerDisk images: a NodePool without an image of its own
+    /// boots `<repository>:<tenant version>`.
+    #[arg(
+        long,
+        env = "ORRERY_WORKER_IMAGE",
+        value_name = "REPOSITORY",
+        default_value = crate::context::DEFAULT_WORKER_IMAGE,
+        value_parser = parse_image_registry,
+    )]
+    pub worker_image: String,
 }
 
 impl ControllerArgs {
@@ -129,6 +140,7 @@ impl ControllerArgs {
             image_registry: self.image_registry.clone(),
             resync: Duration::from_secs(self.resync_seconds),
             tenant_access: self.tenant_access,
+            worker_image: self.worker_image.clone(),
         }
     }
 

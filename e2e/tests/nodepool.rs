@@ -1,0 +1,535 @@
+//! NodePools on real KubeVirt: Orrery (installed with its chart) creates worker VMs from the
+//! worker image, they join a live tenant with kubeadm, run its pods and add-ons, scale, roll
+//! and heal; deleting the tenant leaves nothing. Checked with real kubectl against the tenant
+//! and the management cluster.
+//!
+//! Needs the live tier with KubeVirt (`e2e/ground up --live`); fails, never skips, without it.
+//! At most two worker VMs boot at once (each takes about one core under emulation).
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use orrery_e2e::live::{
+    Release, apply_json, check, live_ground, live_scheduling, managed_datastore,
+    restricted_namespace,
+};
+use orrery_e2e::{Ground, install_crds, unique_name};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+/// kubectl against the tenant.
+struct Tenant {
+    ground: Ground,
+    kubeconfig: PathBuf,
+}
+
+impl Tenant {
+    fn run(&self, args: &[&str]) -> Output {
+        let mut all = vec!["--kubeconfig", self.kubeconfig.to_str().unwrap()];
+        all.extend_from_slice(args);
+        self.ground.run("kubectl", &all)
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        check(
+            self.run(args),
+            &format!("tenant kubectl {}", args.join(" ")),
+        )
+    }
+
+    /// The pool's Nodes: name → (Ready status, providerID).
+    fn nodes(&self) -> Vec<(String, String, String)> {
+        let out = self.kubectl(&[
+            "get",
+            "nodes",
+            "-l",
+            "orrery.dev/nodepool=workers",
+            "-o",
+            r#"jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status} {.spec.providerID}{"\n"}{end}"#,
+        ]);
+        out.lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some((
+                    f.next()?.to_string(),
+                    f.next().unwrap_or("").to_string(),
+                    f.next().unwrap_or("").to_string(),
+                ))
+            })
+            .collect()
+    }
+}
+
+/// Everything a failed wait should show: the pool, its VMs, VMIs and launcher pods, the tail of
+/// each guest's console, the controller's log and the tenant's nodes.
+fn report(ground: &Ground, ns: &str, release: &Release, tenant: &Tenant) -> String {
+    let mut out = String::new();
+    for args in [
+        vec!["get", "np", "workers", "-n", ns, "-o", "yaml"],
+        vec!["get", "vm,vmi,pods", "-n", ns, "-o", "wide"],
+    ] {
+        let o = ground.run("kubectl", &args);
+        out.push_str(&String::from_utf8_lossy(&o.stdout));
+        out.push_str(&String::from_utf8_lossy(&o.stderr));
+    }
+    let pods = ground.run(
+        "kubectl",
+        &[
+            "get",
+            "pods",
+            "-n",
+            ns,
+            "-l",
+            "kubevirt.io=virt-launcher",
+            "-o",
+            "name",
+        ],
+    );
+    for pod in String::from_utf8_lossy(&pods.stdout).lines() {
+        let o = ground.run(
+            "kubectl",
+            &[
+                "logs",
+                "-n",
+                ns,
+                pod,
+                "-c",
+                "guest-console-log",
+                "--tail=40",
+            ],
+        );
+        out.push_str(&format!("--- console of {pod}:\n"));
+        out.push_str(&String::from_utf8_lossy(&o.stdout));
+    }
+    out.push_str("--- controller:\n");
+    out.push_str(&release.logs());
+    let nodes = tenant.run(&["get", "nodes", "-o", "wide"]);
+    out.push_str(&String::from_utf8_lossy(&nodes.stdout));
+    out
+}
+
+/// Waits until `done` holds, polling every 3 s, or fails with the report.
+fn wait_until(
+    what: &str,
+    timeout: Duration,
+    report: &dyn Fn() -> String,
+    mut done: impl FnMut() -> bool,
+) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < timeout,
+            "{what} not within {timeout:?}:\n{}",
+            report()
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    let took = start.elapsed();
+    println!("nodepool: {what} in {:.0} s", took.as_secs_f64());
+    took
+}
+
+fn pool_field(ground: &Ground, ns: &str, path: &str) -> String {
+    let out = ground.run(
+        "kubectl",
+        &[
+            "get",
+            "np",
+            "workers",
+            "-n",
+            ns,
+            "-o",
+            &format!("jsonpath={path}"),
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The pool's VM names in the management cluster.
+fn vms(ground: &Ground, ns: &str) -> Vec<String> {
+    let out = ground.run(
+        "kubectl",
+        &[
+            "get",
+            "vm",
+            "-n",
+            ns,
+            "-l",
+            "orrery.dev/nodepool=workers",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ],
+    );
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    names.sort();
+    names
+}
+
+fn ready_nodes(tenant: &Tenant) -> Vec<String> {
+    let mut names: Vec<String> = tenant
+        .nodes()
+        .into_iter()
+        .filter(|(_, ready, _)| ready == "True")
+        .map(|(n, _, _)| n)
+        .collect();
+    names.sort();
+    names
+}
+
+fn pool_yaml(ns: &str, replicas: u32, memory: &str) -> Value {
+    json!({
+        "apiVersion": "orrery.dev/v1alpha1", "kind": "NodePool",
+        "metadata": {"name": "workers", "namespace": ns},
+        "spec": {
+            "controlPlaneRef": {"name": "live"},
+            "replicas": replicas,
+            "template": {"cores": 1, "memory": memory, "nodeLabels": {"tier": "e2e"},
+                         "placement": live_scheduling()},
+            "nodeStartupTimeout": "8m",
+            "unhealthyTimeout": "1m",
+            "drainTimeout": "2m"
+        }
+    })
+}
+
+fn write_admin_kubeconfig(secret: &Secret, dir: &Path) -> PathBuf {
+    let text = String::from_utf8(secret.data.as_ref().unwrap()["kubeconfig"].0.clone()).unwrap();
+    let path = dir.join("admin.kubeconfig");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Images the worker image preloads (there is no registry).
+const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10";
+const COREDNS_IMAGE: &str = "registry.k8s.io/coredns/coredns:v1.12.1";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_joins_runs_pods_scales_rolls_heals_and_goes_with_its_tenant() {
+    let ground = live_ground();
+    install_crds(&ground);
+    let client = ground.client().await.unwrap();
+    let release = Release::install(&ground, "orrery-np");
+    let etcd_ns = unique_name("orrery-np-etcd");
+    let datastore = unique_name("np");
+    managed_datastore(&ground, &client, &datastore, &etcd_ns).await;
+    let ns = restricted_namespace(&ground, "np");
+    apply_json(
+        &ground,
+        &json!({
+            "apiVersion": "orrery.dev/v1alpha1", "kind": "TenantControlPlane",
+            "metadata": {"name": "live", "namespace": ns},
+            "spec": {"version": "v1.34.4", "replicas": 1, "dataStore": datastore,
+                     "controlPlane": {"scheduling": live_scheduling()}}
+        }),
+    );
+    check(
+        ground.run(
+            "kubectl",
+            &[
+                "wait",
+                "-n",
+                &ns,
+                "--for=condition=Ready",
+                "tcp/live",
+                "--timeout=300s",
+            ],
+        ),
+        "tenant Ready",
+    );
+    let dir = std::env::temp_dir().join(unique_name("orrery-np"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let admin = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get("live-admin-kubeconfig")
+        .await
+        .unwrap();
+    let tenant = Tenant {
+        ground: ground.clone(),
+        kubeconfig: write_admin_kubeconfig(&admin, &dir),
+    };
+    let why = || report(&ground, &ns, &release, &tenant);
+
+    // A pool of one joins: its VM boots, kubeadm joins, the Node becomes Ready.
+    apply_json(&ground, &pool_yaml(&ns, 1, "1536Mi"));
+    wait_until("a pool of 1 Ready", Duration::from_secs(600), &why, || {
+        pool_field(&ground, &ns, "{.status.readyReplicas}") == "1"
+    });
+    let first = vms(&ground, &ns);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let nodes = tenant.nodes();
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert_eq!(nodes[0].0, first[0], "the Node is named after its VM");
+    assert_eq!(nodes[0].2, format!("kubevirt://{}", first[0]));
+    let labels = tenant.kubectl(&[
+        "get",
+        "node",
+        &first[0],
+        "-o",
+        "jsonpath={.metadata.labels.tier}",
+    ]);
+    assert_eq!(labels, "e2e", "the pool's node labels");
+    let version = tenant.kubectl(&[
+        "get",
+        "node",
+        &first[0],
+        "-o",
+        "jsonpath={.status.nodeInfo.kubeletVersion}",
+    ]);
+    assert_eq!(
+        version, "v1.34.4",
+        "the worker's kubelet runs the tenant's version"
+    );
+    assert_eq!(pool_field(&ground, &ns, "{.status.version}"), "v1.34.4");
+    // The bootstrap token did its job and is gone.
+    let tokens = tenant.kubectl(&[
+        "get",
+        "secrets",
+        "-n",
+        "kube-system",
+        "-l",
+        "orrery.dev/nodepool=workers",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(tokens.trim(), "", "bootstrap tokens left after the join");
+
+    // The tenant's add-ons and a workload run on the worker; logs and exec go through the tenant
+    // API to the worker's kubelet.
+    wait_until(
+        "CoreDNS Ready on the worker",
+        Duration::from_secs(300),
+        &why,
+        || {
+            tenant
+                .run(&[
+                    "-n",
+                    "kube-system",
+                    "rollout",
+                    "status",
+                    "deploy/coredns",
+                    "--timeout=5s",
+                ])
+                .status
+                .success()
+        },
+    );
+    tenant.kubectl(&[
+        "create",
+        "deployment",
+        "hello",
+        &format!("--image={PAUSE_IMAGE}"),
+    ]);
+    tenant.kubectl(&["rollout", "status", "deploy/hello", "--timeout=180s"]);
+    let on = tenant.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        "app=hello",
+        "-o",
+        "jsonpath={.items[0].spec.nodeName}",
+    ]);
+    assert_eq!(on, first[0], "the Deployment's pod runs on the worker");
+    tenant.kubectl(&[
+        "run",
+        "talker",
+        &format!("--image={COREDNS_IMAGE}"),
+        "--restart=Never",
+        "--command",
+        "--",
+        "/coredns",
+        "-version",
+    ]);
+    wait_until(
+        "a pod ran on the worker",
+        Duration::from_secs(180),
+        &why,
+        || {
+            tenant
+                .run(&["get", "pod", "talker", "-o", "jsonpath={.status.phase}"])
+                .stdout
+                .starts_with(b"Succeeded")
+        },
+    );
+    let logs = tenant.kubectl(&["logs", "talker"]);
+    assert!(
+        logs.contains("CoreDNS-"),
+        "kubectl logs through the tenant: {logs}"
+    );
+    let coredns_pod = tenant.kubectl(&[
+        "get",
+        "pods",
+        "-n",
+        "kube-system",
+        "-l",
+        "k8s-app=kube-dns",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    let exec = tenant.kubectl(&[
+        "exec",
+        "-n",
+        "kube-system",
+        &coredns_pod,
+        "--",
+        "/coredns",
+        "-version",
+    ]);
+    assert!(
+        exec.contains("CoreDNS-"),
+        "kubectl exec through the tenant: {exec}"
+    );
+
+    // Scale to 2 and back to 1: the newer machine is drained and removed with its Node.
+    check(
+        ground.run(
+            "kubectl",
+            &["scale", "np/workers", "-n", &ns, "--replicas=2"],
+        ),
+        "kubectl scale np --replicas=2",
+    );
+    wait_until("scaled to 2 Ready", Duration::from_secs(600), &why, || {
+        ready_nodes(&tenant).len() == 2
+    });
+    let two = vms(&ground, &ns);
+    let newer: Vec<&String> = two.iter().filter(|v| !first.contains(v)).collect();
+    assert_eq!(newer.len(), 1, "{two:?}");
+    let newer = newer[0].clone();
+    check(
+        ground.run(
+            "kubectl",
+            &["scale", "np/workers", "-n", &ns, "--replicas=1"],
+        ),
+        "kubectl scale np --replicas=1",
+    );
+    wait_until("scaled back to 1", Duration::from_secs(300), &why, || {
+        vms(&ground, &ns) == first && tenant.nodes().len() == 1
+    });
+    assert_eq!(
+        ready_nodes(&tenant),
+        first,
+        "the newer node went, the first stayed"
+    );
+    let events = check(
+        ground.run(
+            "kubectl",
+            &[
+                "get",
+                "events",
+                "-n",
+                &ns,
+                "--field-selector",
+                "involvedObject.kind=NodePool",
+                "-o",
+                "jsonpath={.items[*].reason}",
+            ],
+        ),
+        "pool events",
+    );
+    for reason in ["MachineCreated", "MachineDraining", "MachineDeleted"] {
+        assert!(
+            events.contains(reason),
+            "no {reason} event: {events}; newer was {newer}"
+        );
+    }
+
+    // A template change rolls the pool: a new machine joins, then the old one goes.
+    apply_json(&ground, &pool_yaml(&ns, 1, "1600Mi"));
+    wait_until(
+        "the rollout of a template change",
+        Duration::from_secs(600),
+        &why,
+        || {
+            let now = vms(&ground, &ns);
+            now.len() == 1 && now != first && ready_nodes(&tenant) == now
+        },
+    );
+    let rolled = vms(&ground, &ns);
+    assert_eq!(pool_field(&ground, &ns, "{.status.updatedReplicas}"), "1");
+
+    // A guest that dies comes back from a fresh disk that cannot rejoin: its Node stays NotReady
+    // past unhealthyTimeout, and the machine is replaced.
+    let vmi_pod = check(
+        ground.run(
+            "kubectl",
+            &[
+                "get",
+                "pods",
+                "-n",
+                &ns,
+                "-l",
+                &format!("orrery.dev/machine={}", rolled[0]),
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ],
+        ),
+        "launcher pod",
+    );
+    check(
+        ground.run(
+            "kubectl",
+            &[
+                "delete",
+                "pod",
+                "-n",
+                &ns,
+                &vmi_pod,
+                "--grace-period=0",
+                "--force",
+            ],
+        ),
+        "kill the guest",
+    );
+    wait_until(
+        "the dead machine replaced",
+        Duration::from_secs(720),
+        &why,
+        || {
+            let now = vms(&ground, &ns);
+            now.len() == 1 && now != rolled && ready_nodes(&tenant) == now
+        },
+    );
+
+    // Deleting the tenant deletes its pool, VMs and user data.
+    check(
+        ground.run(
+            "kubectl",
+            &[
+                "delete",
+                "tcp",
+                "live",
+                "-n",
+                &ns,
+                "--wait=true",
+                "--timeout=300s",
+            ],
+        ),
+        "delete the tenant",
+    );
+    wait_until(
+        "the pool and its VMs gone",
+        Duration::from_secs(300),
+        &why,
+        || {
+            let left = ground.run(
+                "kubectl",
+                &[
+                    "get",
+                    "np,vm,vmi,secrets",
+                    "-n",
+                    &ns,
+                    "-l",
+                    "orrery.dev/nodepool=workers",
+                    "-o",
+                    "name",
+                ],
+            );
+            left.status.success() && left.stdout.is_empty()
+        },
+    );
+    release.uninstall();
+    ground.kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+    ground.kubectl(&["delete", "namespace", &etcd_ns, "--wait=false"]);
+}
