@@ -28,7 +28,7 @@ worker_kernel_args="root=LABEL=$worker_root_label rw console=ttyS0"
 
 # The image groups of e2e/images preloaded into the guest's containerd: the sandbox, kube-proxy,
 # CoreDNS and konnectivity-agent (more images a node runs go here).
-worker_preload_groups=(pause kube coredns konnectivity)
+worker_preload_groups=(pause kube-proxy coredns konnectivity)
 
 # ---------------------------------------------------------------------------------------------
 # the Debian tree
@@ -177,9 +177,9 @@ EOF
   rm -rf "$tmp"
 }
 
-# The kube image's layer (kube-proxy's) holds the same multi-call binary as /usr/bin/kube: one
-# inode for both keeps a single copy on the disk and in the guest's page cache. Packages replace
-# the file by renaming (never in place), which leaves the image's copy alone.
+# kube-proxy's bottom layer holds the same multi-call binary as /usr/bin/kube: one inode for both
+# keeps a single copy on the disk and in the guest's page cache. Packages replace the file by
+# renaming (never in place), which leaves the image's copy alone.
 share_worker_kube() { # tree
   local tree=$1 f
   while read -r f; do
