@@ -28,7 +28,7 @@ worker_kernel_args="root=LABEL=$worker_root_label rw console=ttyS0"
 
 # The image groups of e2e/images preloaded into the guest's containerd: the sandbox, kube-proxy,
 # CoreDNS and konnectivity-agent (more images a node runs go here).
-worker_preload_groups=(pause kube coredns konnectivity)
+worker_preload_groups=(pause kube-proxy coredns konnectivity)
 
 # ---------------------------------------------------------------------------------------------
 # the Debian tree
@@ -102,15 +102,16 @@ ensure_worker_rootfs() {
 # worker-image-begin
 worker_disk_size=6G
 
-# The guest's own files (e2e/worker/ is laid out as the guest's tree), the ground's Kubernetes
-# binaries and crictl, the CNI plugins where network add-ons expect them, and the services.
+# The guest's own files (e2e/worker/ is laid out as the guest's tree; executables keep their bit),
+# the ground's Kubernetes binaries and crictl, the CNI plugins where network add-ons expect them,
+# and the services.
 stage_worker() { # tree
   local tree=$1 f p
   while read -r f; do
     mkdir -p "$(dirname "$tree/$f")"
     sed -e "s#@PAUSE_IMAGE@#registry.k8s.io/pause:$PAUSE_TAG#g" -e "s#@ROOT_LABEL@#$worker_root_label#g" \
       "$here/worker/$f" >"$tree/$f"
-    chmod 0644 "$tree/$f"
+    if [ -x "$here/worker/$f" ]; then chmod 0755 "$tree/$f"; else chmod 0644 "$tree/$f"; fi
   done < <(cd "$here/worker" && find . -type f | LC_ALL=C sort)
   # The multi-call binary runs the component its name says, as upstream's packages install them.
   install -m 0755 "$kube_bin/kube" "$tree/usr/bin/kube"
@@ -123,7 +124,9 @@ stage_worker() { # tree
   # Each VM makes its own host keys (cloud-init's ssh module) and machine-id (systemd) at first boot.
   rm -f "$tree"/etc/ssh/ssh_host_*
   : >"$tree/etc/machine-id"
-  chroot "$tree" systemctl --quiet enable systemd-networkd.service systemd-resolved.service containerd.service kubelet.service
+  # The pod network's unit waits (as a path unit) for the node to join; see orrery-pod-network.
+  chroot "$tree" systemctl --quiet enable systemd-networkd.service systemd-resolved.service containerd.service \
+    kubelet.service orrery-pod-network.path
   # Nothing to fetch from in a tenant's VM, and a node does not upgrade itself.
   chroot "$tree" systemctl --quiet mask apt-daily.timer apt-daily-upgrade.timer
 }
@@ -177,9 +180,9 @@ EOF
   rm -rf "$tmp"
 }
 
-# The kube image's layer (kube-proxy's) holds the same multi-call binary as /usr/bin/kube: one
-# inode for both keeps a single copy on the disk and in the guest's page cache. Packages replace
-# the file by renaming (never in place), which leaves the image's copy alone.
+# kube-proxy's bottom layer holds the same multi-call binary as /usr/bin/kube: one inode for both
+# keeps a single copy on the disk and in the guest's page cache. Packages replace the file by
+# renaming (never in place), which leaves the image's copy alone.
 share_worker_kube() { # tree
   local tree=$1 f
   while read -r f; do
@@ -237,6 +240,7 @@ worker_key() {
     sha256sum "$kube_bin/kube" "$live/crictl" "$live/mkimage" | cut -d' ' -f1
     basename -a "${worker_preload[@]}"
     (cd "$here/worker" && find . -type f | LC_ALL=C sort | xargs sha256sum)
+    (cd "$here/worker" && find . -type f -perm -u+x | LC_ALL=C sort)
     sed -n '/^# worker-image-begin/,/^# worker-image-end/p' "$here/ground.d/worker-image.sh"
     sed -n '/^layer_tar()/,/^}/p' "$here/images"
     containerd --version
@@ -300,17 +304,27 @@ r kubelet "$(kubelet --version)"
 r kubeadm "$(kubeadm version -o short)"
 r kubectl "$(kubectl version --client | head -1)"
 r kubelet-unit "$(systemctl is-enabled kubelet)"
-# A pod on the host network (no CNI configuration yet) from the preloaded sandbox image, with a
-# container of the preloaded kube-proxy image: runc under systemd's cgroups, as the kubelet runs them.
+r pod-network-unit "$(systemctl is-enabled orrery-pod-network.path) $(systemctl is-active orrery-pod-network.path)"
+# A pod on the host network (no CNI configuration yet) from the preloaded sandbox image, with
+# containers of the preloaded kube-proxy image: runc under systemd's cgroups, as the kubelet runs
+# them. One prints kube-proxy's version, one (privileged, as kube-proxy runs) the guest's nat table
+# through the image's iptables.
 mkdir -p /tmp/check
 echo '{"metadata":{"name":"check","namespace":"default","uid":"check"},"log_directory":"/tmp/check",
-  "linux":{"cgroup_parent":"system.slice","security_context":{"namespace_options":{"network":2}}}}' >/tmp/check/pod.json
+  "linux":{"cgroup_parent":"system.slice","security_context":{"privileged":true,"namespace_options":{"network":2}}}}' >/tmp/check/pod.json
 echo '{"metadata":{"name":"version"},"image":{"image":"@KUBE_PROXY_IMAGE@"},"log_path":"version.log",
-  "command":["/usr/local/bin/kube-proxy","--version"]}' >/tmp/check/container.json
-pod=$(crictl runp /tmp/check/pod.json) && c=$(crictl create "$pod" /tmp/check/container.json /tmp/check/pod.json) &&
-  crictl start "$c" >/dev/null
-for i in $(seq 60); do [ -n "$(crictl ps -a -q --state exited --id "${c:-none}")" ] && break; sleep 1; done
-r pod "$(crictl logs "${c:-none}" 2>&1 | head -1)"
+  "command":["/usr/local/bin/kube-proxy","--version"]}' >/tmp/check/version.json
+echo '{"metadata":{"name":"iptables"},"image":{"image":"@KUBE_PROXY_IMAGE@"},"log_path":"iptables.log",
+  "command":["/usr/local/bin/iptables","-t","nat","-S"],"linux":{"security_context":{"privileged":true}}}' >/tmp/check/iptables.json
+# Runs a container of the pod to its end; prints the first line of its output.
+run_container() { # config
+  c=$(crictl create "$pod" "$1" /tmp/check/pod.json) && crictl start "$c" >/dev/null || return 0
+  for i in $(seq 60); do [ -n "$(crictl ps -a -q --state exited --id "$c")" ] && break; sleep 1; done
+  crictl logs "$c" 2>&1 | head -1
+}
+pod=$(crictl runp /tmp/check/pod.json) || pod=none
+r pod "$(run_container /tmp/check/version.json)"
+r pod-iptables "$(run_container /tmp/check/iptables.json)"
 r modules $(lsmod | awk '$1 == "overlay" || $1 == "br_netfilter" {print $1}' | sort)
 r sysctl $(sysctl -n net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables)
 r address $(ip -4 -o addr show scope global | awk '{print $2, $4}')
@@ -386,6 +400,8 @@ worker_check_verdict() { # report
   worker_expect "$log" "kubeadm $KUBERNETES_VERSION"
   worker_expect "$log" "kubelet-unit enabled"
   worker_expect "$log" "pod Kubernetes $KUBERNETES_VERSION"
+  worker_expect "$log" "pod-iptables -P PREROUTING ACCEPT"
+  worker_expect "$log" "pod-network-unit enabled active"
   worker_expect "$log" "modules br_netfilter overlay"
   worker_expect "$log" "sysctl 1 1"
   worker_expect "$log" "failed-units"
@@ -439,5 +455,5 @@ cmd_worker_check() { # [nocloud|configdrive]
   bad=$(worker_check_verdict "$work/report")
   [ -z "$bad" ] || die "the worker image failed its check (see $work/serial.log):"$'\n'"$bad"
   rm -rf "$work"
-  say "worker image checked: booted, cloud-init ($ds) finished in ${finished}s, images preloaded, a pod ran, kubelet and kubeadm $KUBERNETES_VERSION"
+  say "worker image checked: booted, cloud-init ($ds) finished in ${finished}s, images preloaded, a pod ran kube-proxy and its iptables, the pod network unit waits, kubelet and kubeadm $KUBERNETES_VERSION"
 }
