@@ -216,13 +216,18 @@ async fn a_pool_joins_runs_pods_scales_rolls_heals_and_goes_with_its_tenant() {
     let etcd_ns = unique_name("orrery-np-etcd");
     let datastore = unique_name("np");
     managed_datastore(&ground, &client, &datastore, &etcd_ns).await;
+    // KubeVirt's launcher pods need a namespace that admits privileged pods; Orrery names the
+    // label to set while the namespace refuses them.
     let ns = restricted_namespace(&ground, "np");
     apply_json(
         &ground,
         &json!({
             "apiVersion": "orrery.dev/v1alpha1", "kind": "TenantControlPlane",
             "metadata": {"name": "live", "namespace": ns},
+            // Workers reach their apiserver at a management Service IP: the tenant's Services
+            // get a range of their own, or the worker's kube-proxy would capture those IPs.
             "spec": {"version": "v1.34.4", "replicas": 1, "dataStore": datastore,
+                     "network": {"serviceCIDR": "10.112.0.0/16"},
                      "controlPlane": {"scheduling": live_scheduling()}}
         }),
     );
@@ -252,8 +257,32 @@ async fn a_pool_joins_runs_pods_scales_rolls_heals_and_goes_with_its_tenant() {
     };
     let why = || report(&ground, &ns, &release, &tenant);
 
-    // A pool of one joins: its VM boots, kubeadm joins, the Node becomes Ready.
     apply_json(&ground, &pool_yaml(&ns, 1, "1536Mi"));
+    wait_until(
+        "the pool refused in a restricted namespace",
+        Duration::from_secs(60),
+        &why,
+        || {
+            pool_field(
+                &ground,
+                &ns,
+                r#"{.status.conditions[?(@.type=="Ready")].reason}"#,
+            ) == "PodSecurityRefusesVMs"
+        },
+    );
+    assert!(
+        vms(&ground, &ns).is_empty(),
+        "no VM in a namespace that cannot run it"
+    );
+    ground.kubectl(&[
+        "label",
+        "namespace",
+        &ns,
+        "pod-security.kubernetes.io/enforce=privileged",
+        "--overwrite",
+    ]);
+
+    // A pool of one joins: its VM boots, kubeadm joins, the Node becomes Ready.
     wait_until("a pool of 1 Ready", Duration::from_secs(600), &why, || {
         pool_field(&ground, &ns, "{.status.readyReplicas}") == "1"
     });

@@ -402,7 +402,7 @@ fn volumes(pool: &NodePool, machine: &str, image: &str) -> Vec<Value> {
             "path": WORKER_DISK_PATH,
         }}),
         json!({"name": "cloudinit", "cloudInitNoCloud": {
-            "userDataSecretRef": {"name": user_data_secret_name(machine)},
+            "secretRef": {"name": user_data_secret_name(machine)},
         }}),
     ];
     for d in &pool.spec.template.extra_disks {
@@ -632,7 +632,7 @@ template:
         assert_eq!(t["nodeSelector"]["kind"], "metal");
         assert_eq!(t["tolerations"][0]["key"], "dedicated");
         assert_eq!(
-            t["volumes"][1]["cloudInitNoCloud"]["userDataSecretRef"]["name"],
+            t["volumes"][1]["cloudInitNoCloud"]["secretRef"]["name"],
             "workers-x1y2z-userdata"
         );
         assert_eq!(

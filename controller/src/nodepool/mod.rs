@@ -28,7 +28,7 @@ use build::{
 };
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -56,6 +56,8 @@ const BUSY_RETRY: Duration = Duration::from_secs(10);
 /// How often a converged pool is looked at again, to notice a Node that went NotReady.
 const IDLE_RETRY: Duration = Duration::from_secs(60);
 const FAILED_RETRY: Duration = Duration::from_secs(5);
+/// The namespace label that sets the Pod Security level admission enforces.
+const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
 
 #[instrument(skip_all, fields(pool = %pool.name_any(), namespace = pool.namespace().unwrap_or_default()))]
 async fn reconcile(pool: Arc<NodePool>, ctx: Arc<Context>) -> Result<Action> {
@@ -268,8 +270,34 @@ async fn list_vms(
     Ok((vms, vmis))
 }
 
+/// KubeVirt's launcher pods need a namespace that admits privileged pods: say so, naming the
+/// label, rather than leave VMs that never start.
+async fn check_pod_security(pool: &NodePool, ctx: &Context) -> Result<(), Stop> {
+    let ns = pool.namespace().unwrap_or_default();
+    let Some(namespace) = Api::<Namespace>::all(ctx.client.clone())
+        .get_opt(&ns)
+        .await?
+    else {
+        return Ok(());
+    };
+    let level = namespace
+        .labels()
+        .get(POD_SECURITY_ENFORCE)
+        .cloned()
+        .unwrap_or_default();
+    if level == "restricted" || level == "baseline" {
+        let message = format!(
+            "namespace {ns} enforces Pod Security {level:?}, which refuses KubeVirt's VM launcher \
+             pods; label it {POD_SECURITY_ENFORCE}=privileged to run NodePools in it"
+        );
+        return Err(Blocked::waiting(READY, "PodSecurityRefusesVMs", message).into());
+    }
+    Ok(())
+}
+
 /// The pipeline: dereference → observe → plan → act.
 async fn converge(pool: &NodePool, ctx: &Context, seen: &mut Outcome) -> Result<(), Stop> {
+    check_pod_security(pool, ctx).await?;
     let tenant = dereference_tenant(pool, ctx).await?;
     ensure_owned_by_tenant(pool, &tenant.tcp, ctx).await?;
     let image = pool

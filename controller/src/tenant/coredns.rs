@@ -4,12 +4,12 @@ use super::pod::{k8s_app, selector, template};
 use super::rbac::{cluster_role_binding, rule, service_account_subject};
 use super::{KUBE_SYSTEM, TenantObjects, meta};
 use crate::api::AddonSpec;
-use crate::podspec::restricted_container;
+use crate::podspec::{restricted_container, restricted_pod};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction,
-    KeyToPath, PodSpec, Probe, Service, ServiceAccount, ServicePort, ServiceSpec, Toleration,
-    Volume, VolumeMount,
+    KeyToPath, PodSecurityContext, PodSpec, Probe, Service, ServiceAccount, ServicePort,
+    ServiceSpec, Sysctl, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -101,6 +101,16 @@ fn deployment(image: &str) -> Deployment {
                     containers: vec![container(image)],
                     volumes: Some(vec![config_volume()]),
                     dns_policy: Some("Default".into()),
+                    // A non-root process binds port 53 through this namespaced, safe sysctl;
+                    // the capability below only helps images whose binary carries it as a file
+                    // capability.
+                    security_context: Some(PodSecurityContext {
+                        sysctls: Some(vec![Sysctl {
+                            name: "net.ipv4.ip_unprivileged_port_start".into(),
+                            value: "53".into(),
+                        }]),
+                        ..restricted_pod()
+                    }),
                     ..Default::default()
                 },
             ),

@@ -273,6 +273,28 @@ mod tests {
         let o = build(&tcp("version: v1.34.4"), &inputs()).unwrap();
         assert_eq!(o.deployments.len(), 1);
         assert_eq!(o.daemon_sets.len(), 2);
+        // CoreDNS runs as non-root and binds port 53 through the pod's network sysctl.
+        let coredns = o.deployments[0]
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap();
+        let sysctls = coredns
+            .security_context
+            .as_ref()
+            .unwrap()
+            .sysctls
+            .as_ref()
+            .unwrap();
+        assert_eq!(sysctls[0].name, "net.ipv4.ip_unprivileged_port_start");
+        assert_eq!(sysctls[0].value, "53");
+        assert_eq!(
+            coredns.security_context.as_ref().unwrap().run_as_non_root,
+            Some(true)
+        );
         let dns = &o.services[0];
         assert_eq!(
             dns.spec.as_ref().unwrap().cluster_ip.as_deref(),
