@@ -53,10 +53,23 @@ pub async fn step(tenant: &kube::Client, node: &str) -> Result<Progress> {
             .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
     }
+    // A node whose kubelet does not report cannot finish its pods' deletion: once evicted,
+    // they count as gone there (as `kubectl drain` skips them after a grace period).
+    let reporting = current
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True");
     let pods = Api::<Pod>::all(tenant.clone())
         .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
         .await?;
-    let moving: Vec<&Pod> = pods.items.iter().filter(|p| must_move(p)).collect();
+    let moving: Vec<&Pod> = pods
+        .items
+        .iter()
+        .filter(|p| must_move(p))
+        .filter(|p| reporting || p.metadata.deletion_timestamp.is_none())
+        .collect();
     let mut blocked = 0;
     for pod in &moving {
         if pod.metadata.deletion_timestamp.is_some() {
