@@ -280,6 +280,7 @@ pub fn install_crds(ground: &Ground) {
         "--timeout=60s",
         "crd/tenantcontrolplanes.orrery.dev",
         "crd/datastores.orrery.dev",
+        "crd/nodepools.orrery.dev",
     ]);
 }
 

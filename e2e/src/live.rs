@@ -210,3 +210,59 @@ pub async fn managed_datastore(ground: &Ground, client: &kube::Client, name: &st
         )
     });
 }
+
+/// A namespace for one test, labelled `orrery.dev/e2e=true` and deleted when dropped (also when
+/// the test fails).
+pub struct Namespace<'a> {
+    pub ground: &'a Ground,
+    pub name: String,
+}
+
+impl<'a> Namespace<'a> {
+    pub fn new(ground: &'a Ground, prefix: &str) -> Self {
+        let name = unique_name(prefix);
+        ground.kubectl(&["create", "namespace", &name]);
+        ground.kubectl(&["label", "namespace", &name, "orrery.dev/e2e=true"]);
+        Self { ground, name }
+    }
+
+    /// Applies YAML with real kubectl.
+    pub fn apply(&self, yaml: &str) {
+        let path = std::env::temp_dir().join(format!("{}.yaml", unique_name("ns-apply")));
+        std::fs::write(&path, yaml).expect("a temporary file");
+        self.kubectl(&["apply", "-f", path.to_str().unwrap()]);
+        let _ = std::fs::remove_file(path);
+    }
+
+    /// kubectl in this namespace that must succeed: its stdout.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        self.ground.kubectl(&all)
+    }
+
+    /// kubectl in this namespace that may fail: its stdout, or None.
+    pub fn try_kubectl(&self, args: &[&str]) -> Option<String> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        let out = self.ground.run("kubectl", &all);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A jsonpath of an object, empty when it cannot be read.
+    pub fn jsonpath(&self, object: &str, path: &str) -> String {
+        self.try_kubectl(&["get", object, "-o", &format!("jsonpath={path}")])
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Namespace<'_> {
+    fn drop(&mut self) {
+        let _ = self.ground.run(
+            "kubectl",
+            &["delete", "namespace", &self.name, "--wait=false"],
+        );
+    }
+}

@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use orrery_e2e::live::live_ground;
-use orrery_e2e::{Ground, processes_mentioning, repo_root, unique_name};
+use orrery_e2e::live::{Namespace, live_ground};
+use orrery_e2e::{processes_mentioning, repo_root, unique_name};
 
 const KUBEVIRT_VERSION: &str = "v1.8.2";
 const ETCD_IMAGE: &str = "registry.k8s.io/etcd:3.6.4-0";
@@ -44,49 +44,13 @@ fn virtctl_path() -> PathBuf {
     PathBuf::from(images("kubevirt-bin-dir")).join("virtctl")
 }
 
-/// A namespace for one test, deleted when dropped (also when the test fails).
-struct Namespace<'a> {
-    ground: &'a Ground,
-    name: String,
+/// What the VM tests wait for in their namespace.
+trait Waits {
+    /// Polls until `check` gives a value; on timeout fails with `what` and KubeVirt's view.
+    fn wait<T>(&self, what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T;
 }
 
-impl<'a> Namespace<'a> {
-    fn new(ground: &'a Ground, prefix: &str) -> Self {
-        let name = unique_name(prefix);
-        ground.kubectl(&["create", "namespace", &name]);
-        ground.kubectl(&["label", "namespace", &name, "orrery.dev/e2e=true"]);
-        Self { ground, name }
-    }
-
-    fn apply(&self, yaml: &str) {
-        let path = std::env::temp_dir().join(format!("{}.yaml", unique_name("kubevirt")));
-        std::fs::write(&path, yaml).expect("a temporary file");
-        self.kubectl(&["apply", "-f", path.to_str().unwrap()]);
-        let _ = std::fs::remove_file(path);
-    }
-
-    fn kubectl(&self, args: &[&str]) -> String {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        self.ground.kubectl(&all)
-    }
-
-    /// kubectl that may fail: its stdout, or None.
-    fn try_kubectl(&self, args: &[&str]) -> Option<String> {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        let out = self.ground.run("kubectl", &all);
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn jsonpath(&self, object: &str, path: &str) -> String {
-        self.try_kubectl(&["get", object, "-o", &format!("jsonpath={path}")])
-            .unwrap_or_default()
-    }
-
-    /// Polls until `check` gives a value; on timeout fails with `what` and KubeVirt's view.
+impl Waits for Namespace<'_> {
     fn wait<T>(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
         let start = Instant::now();
         loop {
@@ -104,15 +68,6 @@ impl<'a> Namespace<'a> {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
-    }
-}
-
-impl Drop for Namespace<'_> {
-    fn drop(&mut self) {
-        let _ = self.ground.run(
-            "kubectl",
-            &["delete", "namespace", &self.name, "--wait=false"],
-        );
     }
 }
 

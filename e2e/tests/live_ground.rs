@@ -14,8 +14,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use orrery_e2e::live::live_ground;
-use orrery_e2e::{Ground, unique_name};
+use orrery_e2e::live::{Namespace, live_ground};
 
 const NODE: &str = "live-0";
 const KUBERNETES_VERSION: &str = "v1.34.4";
@@ -23,34 +22,15 @@ const KUBE_IMAGE: &str = "registry.k8s.io/kube-apiserver:v1.34.4";
 const ETCD_IMAGE: &str = "registry.k8s.io/etcd:3.6.4-0";
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// A namespace for one test, deleted when dropped (also when the test fails).
-struct Namespace<'a> {
-    ground: &'a Ground,
-    name: String,
+/// What the live node tests do in their namespace besides kubectl.
+trait LiveNamespace {
+    fn wait_for(&self, object: &str, jsonpath: &str, want: &str);
+    fn describe(&self, object: &str) -> String;
+    fn logs(&self, object: &str) -> String;
+    fn run_to_completion(&self, name: &str, image: &str, command: &[&str]) -> String;
 }
 
-impl<'a> Namespace<'a> {
-    fn new(ground: &'a Ground, prefix: &str) -> Self {
-        let name = unique_name(prefix);
-        ground.kubectl(&["create", "namespace", &name]);
-        ground.kubectl(&["label", "namespace", &name, "orrery.dev/e2e=true"]);
-        Self { ground, name }
-    }
-
-    /// Applies YAML with real kubectl.
-    fn apply(&self, yaml: &str) {
-        let file = temp_file(&format!("{}.yaml", unique_name("live")), yaml);
-        self.ground
-            .kubectl(&["-n", &self.name, "apply", "-f", file.to_str().unwrap()]);
-        let _ = std::fs::remove_file(file);
-    }
-
-    fn kubectl(&self, args: &[&str]) -> String {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        self.ground.kubectl(&all)
-    }
-
+impl LiveNamespace for Namespace<'_> {
     /// Polls a jsonpath of an object until it equals `want`; fails with `kubectl describe`.
     fn wait_for(&self, object: &str, jsonpath: &str, want: &str) {
         let start = Instant::now();
@@ -112,21 +92,6 @@ impl<'a> Namespace<'a> {
         self.wait_for(&format!("pod/{name}"), "{.status.phase}", "Succeeded");
         self.logs(&format!("pod/{name}"))
     }
-}
-
-impl Drop for Namespace<'_> {
-    fn drop(&mut self) {
-        let _ = self.ground.run(
-            "kubectl",
-            &["delete", "namespace", &self.name, "--wait=false"],
-        );
-    }
-}
-
-fn temp_file(name: &str, text: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(name);
-    std::fs::write(&path, text).expect("a temporary file");
-    path
 }
 
 /// A pod for the live node: it tolerates the live taint and selects the live node; it runs as

@@ -175,6 +175,22 @@ mod tests {
         Time("2026-01-01T01:00:00Z".parse().unwrap())
     }
 
+    fn status_of(
+        pool: &NodePool,
+        machines: Option<&[Observed]>,
+        outcome: &Result<(), Stop>,
+        now: Time,
+    ) -> NodePoolStatus {
+        status(&Inputs {
+            pool,
+            machines,
+            template_hash: machines.map(|_| "h"),
+            selector: "s".into(),
+            outcome,
+            now,
+        })
+    }
+
     fn cond<'a>(
         st: &'a NodePoolStatus,
         t: &str,
@@ -190,14 +206,7 @@ mod tests {
             observed("b", MachinePhase::Ready, "h", "v1.34.4"),
         ];
         let ok = Ok(());
-        let st = status(&Inputs {
-            pool: &p,
-            machines: Some(&machines),
-            template_hash: Some("h"),
-            selector: "s".into(),
-            outcome: &ok,
-            now: now(),
-        });
+        let st = status_of(&p, Some(&machines), &ok, now());
         assert_eq!(
             (
                 st.replicas,
@@ -218,14 +227,7 @@ mod tests {
         let mut again = p.clone();
         again.status = Some(st.clone());
         let later = Time("2026-01-01T02:00:00Z".parse().unwrap());
-        let st2 = status(&Inputs {
-            pool: &again,
-            machines: Some(&machines),
-            template_hash: Some("h"),
-            selector: "s".into(),
-            outcome: &ok,
-            now: later,
-        });
+        let st2 = status_of(&again, Some(&machines), &ok, later);
         assert_eq!(st, st2);
     }
 
@@ -238,14 +240,7 @@ mod tests {
             observed("c", MachinePhase::Deleting, "old", "v1.33.1"),
         ];
         let ok = Ok(());
-        let st = status(&Inputs {
-            pool: &p,
-            machines: Some(&machines),
-            template_hash: Some("h"),
-            selector: "s".into(),
-            outcome: &ok,
-            now: now(),
-        });
+        let st = status_of(&p, Some(&machines), &ok, now());
         assert_eq!(
             (
                 st.replicas,
@@ -275,14 +270,7 @@ mod tests {
             "WaitingForControlPlane",
             "tenant t is not Ready",
         )));
-        let st = status(&Inputs {
-            pool: &p,
-            machines: None,
-            template_hash: None,
-            selector: "s".into(),
-            outcome: &blocked,
-            now: now(),
-        });
+        let st = status_of(&p, None, &blocked, now());
         assert_eq!(cond(&st, READY).reason, "WaitingForControlPlane");
         assert_eq!(cond(&st, DEGRADED).message, "tenant t is not Ready");
         assert_eq!(st.replicas, 0);
