@@ -19,9 +19,7 @@ pub const POOL: Kind = Kind {
 /// Refuses a negative number of nodes, as the CRD's minimum does.
 pub fn check_replicas(replicas: i32) -> Result<(), String> {
     if replicas < 0 {
-        return Err(format!(
-            "--replicas={replicas}: spec.replicas must be 0 or more"
-        ));
+        return Err(format!("spec.replicas must be 0 or more, not {replicas}"));
     }
     Ok(())
 }

@@ -22,8 +22,15 @@ pub fn pool(p: &NodePool, expand: bool) -> Tree {
         return Tree::leaf(row);
     };
     row.message = pool_message(p, status);
+    let sick = status
+        .machines
+        .iter()
+        .any(|m| m.phase == MachinePhase::NotReady);
     if failing(p).is_some() {
         row.severity = Some(Severity::Error);
+    } else if row.reason == NODES_NOT_READY && !sick {
+        // Nodes on their way, none gone bad: expected, as Orrery's "Waiting" reasons are.
+        row.severity = Some(Severity::Info);
     }
     let machines = status.machines.iter().map(machine).collect();
     Tree::with(row, grouped(machines, "Machines", expand))

@@ -661,9 +661,25 @@ fn pools_that_are_held_up_say_why() {
             ],
         }),
     );
+    let scaling = node_pool(
+        "scaling",
+        "demo",
+        json!({
+            "observedGeneration": 2, "replicas": 2, "readyReplicas": 1, "updatedReplicas": 2,
+            "availableReplicas": 1, "version": "v1.34.4",
+            "machines": [
+                machine("scaling-a", "Ready", true, None),
+                machine("scaling-b", "Provisioning", false, Some("the VM is Starting")),
+            ],
+            "conditions": [
+                cond("Ready", "False", "NodesNotReady", "1/4 nodes Ready and up to date"),
+                cond("Degraded", "False", "AsExpected", "no node is NotReady"),
+            ],
+        }),
+    );
     let unseen = node_pool("unseen", "demo", Value::Null);
     let t = tree(
-        &with_pools(vec![blocked, failing, unseen]),
+        &with_pools(vec![blocked, failing, scaling, unseen]),
         Options::default(),
         Timestamp::now(),
     );
@@ -683,6 +699,14 @@ fn pools_that_are_held_up_say_why() {
             Some(Severity::Error),
             "",
             "2/4 ready, 2 up to date, v1.34.4; reconcile failed: boom",
+        ),
+        // Nodes coming up, none NotReady: on the way, not a fault.
+        (
+            "NodePool/scaling",
+            Some(Ready::False),
+            Some(Severity::Info),
+            "NodesNotReady",
+            "1/4 ready, 2 up to date, v1.34.4",
         ),
         (
             "Machine/failing-a",
