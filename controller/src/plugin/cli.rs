@@ -1,6 +1,6 @@
 //! The command line of `kubectl orrery`: kubectl's own flags for the management cluster, then
-//! one subcommand per verb. A new verb (`scale`, `sleep`, `wake`) is one variant of [`Command`]
-//! with its own argument struct.
+//! one subcommand per verb. A new verb (`sleep`, `wake`) is one variant of [`Command`] with its
+//! own argument struct.
 
 use super::upgrade::Version;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Orrery's tenant clusters from kubectl: their state at a glance, their kubeconfig, and day-2
-/// changes that wait until Orrery has carried them out.
+/// changes (a version, a NodePool's size) that wait until Orrery has carried them out.
 #[derive(Parser, Debug)]
 #[command(name = "kubectl-orrery", bin_name = "kubectl orrery", version)]
 pub struct Cli {
@@ -27,7 +27,7 @@ pub struct ClientArgs {
     /// Context of the kubeconfig to use [default: its current context].
     #[arg(long, global = true, value_name = "NAME")]
     pub context: Option<String>,
-    /// Namespace of the tenant [default: the context's namespace].
+    /// Namespace of the tenant or NodePool [default: the context's namespace].
     #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
     pub namespace: Option<String>,
 }
@@ -38,12 +38,15 @@ pub enum Command {
     #[command(subcommand)]
     Get(Get),
     /// Show tenants as a tree: the control plane with its conditions, DataStore, pods,
-    /// certificates, add-ons and nodes, one line each.
+    /// certificates, add-ons, nodes and NodePools with their machines, one line each.
     Describe(DescribeArgs),
     /// Wait until a tenant is Ready with its current spec rolled out, printing its progress.
     Wait(WaitArgs),
     /// Set a tenant's Kubernetes version (spec.version) and wait until it runs it.
     Upgrade(UpgradeArgs),
+    /// Set a NodePool's number of nodes (spec.replicas) and wait until that many are Ready and
+    /// up to date.
+    Scale(ScaleArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -69,8 +72,8 @@ pub struct DescribeArgs {
     /// Every tenant of every namespace.
     #[arg(short = 'A', long, conflicts_with = "tenant")]
     pub all_namespaces: bool,
-    /// One line for each pod, node and certificate instead of one for alike ones (and, once
-    /// NodePools exist, for each machine).
+    /// One line for each pod, certificate, node and NodePool machine instead of one for alike
+    /// ones.
     #[arg(long)]
     pub expand: bool,
     /// Do not connect to the tenant's apiserver: add-ons are shown from the spec only, and nodes
@@ -114,6 +117,25 @@ pub struct UpgradeArgs {
     pub output: Option<Output>,
 }
 
+#[derive(Args, Debug)]
+pub struct ScaleArgs {
+    /// The NodePool, as np/NAME or nodepool/NAME.
+    #[arg(value_name = "np/NAME", value_parser = parse_pool)]
+    pub pool: String,
+    /// How many nodes the pool should have: 0 or more, and within spec.autoscaling when the
+    /// pool has it.
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_replicas)]
+    pub replicas: i32,
+    /// Set the number and return, without waiting for the nodes.
+    #[arg(long)]
+    pub no_wait: bool,
+    #[command(flatten)]
+    pub timeout: Timeout,
+    /// Print the NodePool when done instead of a line.
+    #[arg(short = 'o', long, value_enum, value_name = "FORMAT")]
+    pub output: Option<Output>,
+}
+
 /// How long a verb waits.
 #[derive(Args, Debug, Clone, Copy)]
 pub struct Timeout {
@@ -148,6 +170,31 @@ fn parse_version(s: &str) -> Result<Version, String> {
     let version = Version::parse(s)?;
     version.check_supported()?;
     Ok(version)
+}
+
+/// A NodePool as kubectl names one: `np/NAME`, `nodepool/NAME`, `nodepools.orrery.dev/NAME`.
+fn parse_pool(s: &str) -> Result<String, String> {
+    let usage = "name the pool as np/NAME or nodepool/NAME";
+    let Some((kind, name)) = s.split_once('/') else {
+        return Err(format!("{s:?}: {usage}"));
+    };
+    let kind = kind.strip_suffix(".orrery.dev").unwrap_or(kind);
+    if !["np", "nodepool", "nodepools"].contains(&kind.to_lowercase().as_str()) {
+        return Err(format!("{s:?}: scale works on NodePools only; {usage}"));
+    }
+    if name.is_empty() || name.contains('/') {
+        return Err(format!("{s:?}: {usage}"));
+    }
+    Ok(name.to_string())
+}
+
+/// A number of nodes, refusing what admission refuses without reading the pool.
+fn parse_replicas(s: &str) -> Result<i32, String> {
+    let n: i32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of nodes such as 3"))?;
+    super::scale::check_replicas(n)?;
+    Ok(n)
 }
 
 /// A duration as kubectl takes it (`90s`, `10m`, `1h30m`); a bare number is seconds.
@@ -229,5 +276,66 @@ mod tests {
             "{err}"
         );
         assert!(parse(&["upgrade", "demo", "--to", "v1.33.1"]).is_ok());
+    }
+
+    #[test]
+    fn scale_names_a_pool_and_a_number() {
+        let cli = parse(&[
+            "scale",
+            "np/workers",
+            "--replicas=3",
+            "-n",
+            "t",
+            "--no-wait",
+        ])
+        .unwrap();
+        assert_eq!(cli.client.namespace.as_deref(), Some("t"));
+        let Command::Scale(args) = cli.command else {
+            panic!("scale")
+        };
+        assert_eq!((args.pool.as_str(), args.replicas), ("workers", 3));
+        assert!(args.no_wait);
+        assert_eq!(args.timeout.timeout.as_secs(), 600);
+        // (argument, the pool's name or the words of the refusal)
+        let cases: &[(&str, Result<&str, &str>)] = &[
+            ("np/workers", Ok("workers")),
+            ("nodepool/workers", Ok("workers")),
+            ("nodepools/workers", Ok("workers")),
+            ("NodePool/workers", Ok("workers")),
+            ("nodepools.orrery.dev/workers", Ok("workers")),
+            ("workers", Err("name the pool as np/NAME or nodepool/NAME")),
+            ("np/", Err("name the pool as np/NAME")),
+            ("np/a/b", Err("name the pool as np/NAME")),
+            ("deployment/workers", Err("scale works on NodePools only")),
+            ("tcp/demo", Err("scale works on NodePools only")),
+        ];
+        for (arg, want) in cases {
+            match (parse_pool(arg), want) {
+                (Ok(name), Ok(want)) => assert_eq!(&name, want, "{arg}"),
+                (Err(err), Err(words)) => assert!(err.contains(words), "{arg}: {err}"),
+                (got, _) => panic!("{arg}: {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn scale_refuses_bad_numbers_without_a_cluster() {
+        for args in [
+            &["scale", "np/w", "--replicas=-1"][..],
+            &["scale", "np/w", "--replicas", "-1"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert!(
+                err.to_string().contains("spec.replicas must be 0 or more"),
+                "{args:?}: {err}"
+            );
+        }
+        let err = parse(&["scale", "np/w", "--replicas=three"]).unwrap_err();
+        assert!(
+            err.to_string().contains("is not a number of nodes"),
+            "{err}"
+        );
+        assert!(parse(&["scale", "np/w"]).is_err(), "--replicas is required");
+        assert!(parse(&["scale", "np/w", "--replicas=0"]).is_ok());
     }
 }

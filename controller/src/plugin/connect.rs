@@ -49,7 +49,7 @@ pub async fn tenant(m: &Management, name: &str) -> Result<TenantControlPlane> {
         Ok(Some(tcp)) => Ok(tcp),
         Ok(None) => Err(no_such_tenant(m, name).await),
         // A 404 on a named get here means the resource type itself is unknown.
-        Err(e) if code(&e) == Some(404) => Err(Error::NoApi),
+        Err(e) if code(&e) == Some(404) => Err(Error::NoApi("TenantControlPlane")),
         Err(e) => Err(forbidden_or(
             e,
             "get",
@@ -83,7 +83,7 @@ pub async fn list(client: &Client, namespace: Option<&str>) -> Result<Vec<Tenant
         .list(&ListParams::default())
         .await
         .map_err(|e| match code(&e) {
-            Some(404) => Error::NoApi,
+            Some(404) => Error::NoApi("TenantControlPlane"),
             _ => forbidden_or(
                 e,
                 "list",

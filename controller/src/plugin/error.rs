@@ -21,12 +21,20 @@ pub enum Error {
         existing: Vec<String>,
     },
 
-    /// The cluster has no `orrery.dev` API.
+    /// No NodePool by that name; `existing` lists the namespace's pools.
+    #[error("{}", no_such_pool(name, namespace, existing))]
+    NoSuchPool {
+        name: String,
+        namespace: String,
+        existing: Vec<String>,
+    },
+
+    /// The cluster has no `orrery.dev` API for this kind.
     #[error(
-        "this cluster has no TenantControlPlane API (orrery.dev/v1alpha1): is it the management \
-         cluster where Orrery is installed? Pick another with --kubeconfig or --context"
+        "this cluster has no {0} API (orrery.dev/v1alpha1): is it the management cluster where \
+         Orrery is installed? Pick another with --kubeconfig or --context"
     )]
-    NoApi,
+    NoApi(&'static str),
 
     /// RBAC refuses a request the command needs; `namespace` is `None` across namespaces.
     #[error("{}", forbidden(verb, what, resource, namespace.as_deref()))]
@@ -58,26 +66,30 @@ pub enum Error {
     #[error("the apiserver refused the change: {0}")]
     Rejected(String),
 
-    /// The object changed between our read and our write.
-    #[error("TenantControlPlane {name} changed while this command ran; look at it again and rerun")]
-    Conflict { name: String },
+    /// The object (of `kind`) changed between our read and our write.
+    #[error("{kind} {name} changed while this command ran; look at it again and rerun")]
+    Conflict { kind: &'static str, name: String },
 
-    /// `wait` ran out of time; `why` is the tenant's status at that moment.
+    /// A wait ran out of time; `why` is the object's status at that moment.
     #[error(
-        "timed out after {}s waiting for TenantControlPlane {name} in namespace {namespace}: \
-         {why}",
+        "timed out after {}s waiting for {kind} {name} in namespace {namespace}: {why}",
         after.as_secs()
     )]
     Timeout {
         after: Duration,
+        kind: &'static str,
         name: String,
         namespace: String,
         why: String,
     },
 
-    /// The tenant was deleted while we waited for it.
-    #[error("TenantControlPlane {name} in namespace {namespace} was deleted")]
-    Gone { name: String, namespace: String },
+    /// The object was deleted while we waited for it.
+    #[error("{kind} {name} in namespace {namespace} was deleted")]
+    Gone {
+        kind: &'static str,
+        name: String,
+        namespace: String,
+    },
 
     /// Something read is not what Orrery writes (a Secret without its key, a bad kubeconfig).
     #[error("{0}")]
@@ -94,6 +106,19 @@ fn no_such_tenant(name: &str, namespace: &str, existing: &[String]) -> String {
         message.push_str(
             "; it has none. Name the namespace with -n, or list every tenant with \
              kubectl orrery describe -A",
+        );
+    } else {
+        message.push_str(&format!("; it has: {}", existing.join(", ")));
+    }
+    message
+}
+
+fn no_such_pool(name: &str, namespace: &str, existing: &[String]) -> String {
+    let mut message = format!("no NodePool {name:?} in namespace {namespace}");
+    if existing.is_empty() {
+        message.push_str(
+            "; it has none. Name the namespace with -n, or list every pool with \
+             kubectl get nodepools -A",
         );
     } else {
         message.push_str(&format!("; it has: {}", existing.join(", ")));
@@ -188,8 +213,31 @@ mod tests {
                  tenantcontrolplanes in every namespace",
             ),
             (
+                Error::NoSuchPool {
+                    name: "workers".into(),
+                    namespace: "t".into(),
+                    existing: vec!["gpu".into()],
+                },
+                "no NodePool \"workers\" in namespace t; it has: gpu",
+            ),
+            (
+                Error::NoSuchPool {
+                    name: "workers".into(),
+                    namespace: "t".into(),
+                    existing: vec![],
+                },
+                "no NodePool \"workers\" in namespace t; it has none. Name the namespace with -n, \
+                 or list every pool with kubectl get nodepools -A",
+            ),
+            (
+                Error::NoApi("NodePool"),
+                "this cluster has no NodePool API (orrery.dev/v1alpha1): is it the management \
+                 cluster where Orrery is installed? Pick another with --kubeconfig or --context",
+            ),
+            (
                 Error::Timeout {
                     after: Duration::from_secs(30),
+                    kind: "TenantControlPlane",
                     name: "demo".into(),
                     namespace: "t".into(),
                     why: "Provisioning".into(),

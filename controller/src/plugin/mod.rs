@@ -3,22 +3,35 @@
 //!
 //! One job a module: [`cli`] (the command line), [`connect`] (the management cluster and the
 //! tenant lookup), [`error`] (errors that say what to do), [`kubeconfig`] (`get kubeconfig`),
-//! [`describe`] (the tree), [`wait`] and [`upgrade`]. A new verb is a variant of
-//! [`cli::Command`], a module, and one arm in [`run`].
+//! [`describe`] (the tree), [`wait`], [`upgrade`] and [`scale`] (a NodePool). A new verb is a
+//! variant of [`cli::Command`], a module, and one arm in [`run`].
 
 pub mod cli;
 pub mod connect;
 pub mod describe;
 pub mod error;
 pub mod kubeconfig;
+pub mod scale;
 pub mod upgrade;
 pub mod wait;
 
 use clap::Parser;
 use cli::{Cli, Command, Get, Output};
 use error::{Error, Result};
+use kube::api::PatchParams;
 use serde::Serialize;
 use std::process::ExitCode;
+
+/// The field manager of the plugin's writes.
+pub const FIELD_MANAGER: &str = "kubectl-orrery";
+
+/// How the plugin writes: as [`FIELD_MANAGER`].
+pub fn write_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    }
+}
 
 /// Runs `kubectl-orrery` with the process's arguments.
 pub fn main() -> ExitCode {
@@ -44,6 +57,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Wait(args) => wait::run(&cli.client, args).await,
         Command::Upgrade(args) => upgrade::run(&cli.client, args).await,
+        Command::Scale(args) => scale::run(&cli.client, args).await,
     }
 }
 

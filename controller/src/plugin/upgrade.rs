@@ -7,11 +7,8 @@ use super::error::{Error, Result};
 use super::wait::{self, Goal};
 use crate::api::{SUPPORTED_MINORS, TenantControlPlane};
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch};
 use std::fmt;
-
-/// The field manager of the plugin's writes.
-pub const FIELD_MANAGER: &str = "kubectl-orrery";
 
 /// A Kubernetes version `vMAJOR.MINOR.PATCH`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -140,15 +137,14 @@ async fn set_version(
         "metadata": {"resourceVersion": tcp.resource_version()},
         "spec": {"version": to.to_string()},
     });
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..Default::default()
-    };
     let name = tcp.name_any();
-    api.patch(&name, &params, &Patch::Merge(&patch))
+    api.patch(&name, &super::write_params(), &Patch::Merge(&patch))
         .await
         .map_err(|e| match e {
-            kube::Error::Api(s) if s.code == 409 => Error::Conflict { name: name.clone() },
+            kube::Error::Api(s) if s.code == 409 => Error::Conflict {
+                kind: "TenantControlPlane",
+                name: name.clone(),
+            },
             kube::Error::Api(s) if s.code == 422 => Error::Rejected(s.message),
             e => super::error::forbidden_or(
                 e,

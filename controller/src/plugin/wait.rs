@@ -1,6 +1,6 @@
 //! `kubectl orrery wait TENANT`: watches the tenant until it is Ready with its latest spec taken
 //! up and its version rolled out, printing a line each time its progress changes. `upgrade` waits
-//! the same way for the version it set.
+//! the same way for the version it set, and `scale` follows a NodePool with [`Follow`].
 
 use super::cli::{ClientArgs, Output, WaitArgs, WaitFor};
 use super::connect::{self, Management};
@@ -12,9 +12,14 @@ use crate::conditions::{
 };
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::Resource;
 use kube::api::Api;
+use kube::core::NamespaceResourceScope;
 use kube::runtime::watcher::Event;
 use kube::runtime::{WatchStreamExt, watcher};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
 use std::time::{Duration, Instant};
 
 /// The conditions Ready waits for, in the order a tenant comes up.
@@ -47,13 +52,8 @@ pub fn assess(tcp: &TenantControlPlane, goal: &Goal) -> Verdict {
     let Some(status) = &tcp.status else {
         return Verdict::Waiting("Orrery has not reported on it yet".into());
     };
-    let seen = status.observed_generation.unwrap_or(0);
-    if let Some(wanted) = goal.generation
-        && seen < wanted
-    {
-        return Verdict::Waiting(format!(
-            "Orrery has not taken up generation {wanted} yet (it last reported on {seen})"
-        ));
+    if let Some(line) = behind(goal.generation, status.observed_generation) {
+        return Verdict::Waiting(line);
     }
     let target = goal.version.as_deref().unwrap_or(&tcp.spec.version);
     let running = status.version.as_deref();
@@ -77,6 +77,14 @@ pub fn assess(tcp: &TenantControlPlane, goal: &Goal) -> Verdict {
         line.push_str(&format!(" ({} {}: {})", c.type_, c.reason, c.message));
     }
     Verdict::Waiting(line)
+}
+
+/// Says so when Orrery has not reported on generation `wanted` yet (`seen` is the last it did).
+pub fn behind(wanted: Option<i64>, seen: Option<i64>) -> Option<String> {
+    let (wanted, seen) = (wanted?, seen.unwrap_or(0));
+    (seen < wanted).then(|| {
+        format!("Orrery has not taken up generation {wanted} yet (it last reported on {seen})")
+    })
 }
 
 /// The condition that says most about what holds the tenant up: a failing reconcile, the first
@@ -146,63 +154,128 @@ pub async fn until(
     timeout: Duration,
     output: Option<Output>,
 ) -> Result<()> {
-    let api = Api::<TenantControlPlane>::namespaced(m.client.clone(), &m.namespace);
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
-    let deadline = tokio::time::sleep(timeout);
-    let mut deadline = std::pin::pin!(deadline);
-    let start = Instant::now();
-    let mut last: Option<TenantControlPlane> = None;
-    let mut last_line = String::new();
-    loop {
-        let event = tokio::select! {
-            () = &mut deadline => return Err(Error::Timeout {
-                after: timeout,
-                name: name.into(),
-                namespace: m.namespace.clone(),
-                why: last.as_ref().map_or_else(|| "it was not seen".into(), summary),
-            }),
-            event = events.next() => event,
-        };
-        let tcp = match event {
-            Some(Ok(Event::Apply(tcp) | Event::InitApply(tcp))) => tcp,
-            Some(Ok(Event::Delete(_))) => {
-                return Err(Error::Gone {
+    let follow = Follow {
+        m,
+        kind: TENANT,
+        name,
+        timeout,
+        output,
+    };
+    follow
+        .until(|tcp: &TenantControlPlane| assess(tcp, goal), summary)
+        .await
+}
+
+/// How messages and RBAC name a kind of Orrery object.
+#[derive(Clone, Copy, Debug)]
+pub struct Kind {
+    /// As in messages: `TenantControlPlane`.
+    pub name: &'static str,
+    /// As in RBAC rules: `tenantcontrolplanes`.
+    pub resource: &'static str,
+}
+
+pub const TENANT: Kind = Kind {
+    name: "TenantControlPlane",
+    resource: "tenantcontrolplanes",
+};
+
+impl Kind {
+    /// An object as kubectl prints it: `tenantcontrolplane.orrery.dev/demo`.
+    pub fn qualified(&self, name: &str) -> String {
+        format!("{}.orrery.dev/{name}", self.name.to_lowercase())
+    }
+}
+
+/// One object of the namespace to watch until it is done, and how to print it then.
+pub struct Follow<'a> {
+    pub m: &'a Management,
+    pub kind: Kind,
+    pub name: &'a str,
+    pub timeout: Duration,
+    pub output: Option<Output>,
+}
+
+impl Follow<'_> {
+    /// Watches the object until `assess` says it is done, printing each new progress line on
+    /// stderr and, at the end, a line (or the object, with `output`) on stdout. `summary` says
+    /// where it stands when time runs out.
+    pub async fn until<K>(
+        &self,
+        assess: impl Fn(&K) -> Verdict,
+        summary: impl Fn(&K) -> String,
+    ) -> Result<()>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Serialize
+            + Debug
+            + Send
+            + 'static,
+    {
+        let (m, kind, name) = (self.m, self.kind, self.name);
+        let api = Api::<K>::namespaced(m.client.clone(), &m.namespace);
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+        let deadline = tokio::time::sleep(self.timeout);
+        let mut deadline = std::pin::pin!(deadline);
+        let start = Instant::now();
+        let mut last: Option<K> = None;
+        let mut last_line = String::new();
+        loop {
+            let event = tokio::select! {
+                () = &mut deadline => return Err(Error::Timeout {
+                    after: self.timeout,
+                    kind: kind.name,
                     name: name.into(),
                     namespace: m.namespace.clone(),
-                });
-            }
-            Some(Ok(Event::Init | Event::InitDone)) => continue,
-            // The watch is retried with a backoff; only a refusal is final.
-            Some(Err(e)) if is_forbidden(&e) => {
-                return Err(Error::Forbidden {
-                    verb: "watch",
-                    what: format!("TenantControlPlane {name}"),
-                    resource: "tenantcontrolplanes",
-                    namespace: Some(m.namespace.clone()),
-                });
-            }
-            Some(Err(_)) => continue,
-            None => return Err(Error::Invalid("the watch ended unexpectedly".into())),
-        };
-        match assess(&tcp, goal) {
-            Verdict::Done(line) => {
-                match output {
-                    Some(format) => super::print_object(&tcp, format)?,
-                    None => println!(
-                        "tenantcontrolplane.orrery.dev/{name}: {line} (after {}s)",
-                        start.elapsed().as_secs()
-                    ),
+                    why: last.as_ref().map_or_else(|| "it was not seen".into(), &summary),
+                }),
+                event = events.next() => event,
+            };
+            let obj = match event {
+                Some(Ok(Event::Apply(obj) | Event::InitApply(obj))) => obj,
+                Some(Ok(Event::Delete(_))) => {
+                    return Err(Error::Gone {
+                        kind: kind.name,
+                        name: name.into(),
+                        namespace: m.namespace.clone(),
+                    });
                 }
-                return Ok(());
+                Some(Ok(Event::Init | Event::InitDone)) => continue,
+                // The watch is retried with a backoff; only a refusal is final.
+                Some(Err(e)) if is_forbidden(&e) => {
+                    return Err(Error::Forbidden {
+                        verb: "watch",
+                        what: format!("{} {name}", kind.name),
+                        resource: kind.resource,
+                        namespace: Some(m.namespace.clone()),
+                    });
+                }
+                Some(Err(_)) => continue,
+                None => return Err(Error::Invalid("the watch ended unexpectedly".into())),
+            };
+            match assess(&obj) {
+                Verdict::Done(line) => {
+                    match self.output {
+                        Some(format) => super::print_object(&obj, format)?,
+                        None => println!(
+                            "{}: {line} (after {}s)",
+                            kind.qualified(name),
+                            start.elapsed().as_secs()
+                        ),
+                    }
+                    return Ok(());
+                }
+                Verdict::Waiting(line) if line != last_line => {
+                    eprintln!("[{:>4}s] {line}", start.elapsed().as_secs());
+                    last_line = line;
+                }
+                Verdict::Waiting(_) => {}
             }
-            Verdict::Waiting(line) if line != last_line => {
-                eprintln!("[{:>4}s] {line}", start.elapsed().as_secs());
-                last_line = line;
-            }
-            Verdict::Waiting(_) => {}
+            last = Some(obj);
         }
-        last = Some(tcp);
     }
 }
 

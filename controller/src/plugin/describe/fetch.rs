@@ -1,14 +1,14 @@
-//! Every read `describe` makes for one tenant: its children in the management cluster and,
-//! unless told not to, a look inside the tenant through its admin kubeconfig, bounded by a short
+//! Every read `describe` makes for one tenant: its children in the management cluster, the
+//! NodePools of its namespace and, unless told not to, a look inside the tenant through its admin kubeconfig, bounded by a short
 //! timeout. A read that is refused or fails is kept as such, to be shown in its row.
 
 use super::super::error::{code, forbidden};
-use crate::api::{DataStore, TenantControlPlane};
+use crate::api::{DataStore, NodePool, TenantControlPlane};
 use crate::controlplane::build::{Names, selector_labels};
 use crate::tenant::ADDON_LABEL;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service};
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, ObjectList};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
@@ -53,6 +53,8 @@ pub struct Fetched {
     pub service: Access<Option<Service>>,
     pub pods: Access<Vec<Pod>>,
     pub certificates: Access<Option<Secret>>,
+    /// The NodePools of the tenant's namespace, sorted by name; the tree keeps the tenant's own.
+    pub pools: Access<Vec<NodePool>>,
     pub inside: Inside,
 }
 
@@ -90,13 +92,15 @@ pub async fn fetch(client: &Client, tcp: TenantControlPlane, look_inside: bool) 
     let services = Api::<Service>::namespaced(client.clone(), &ns);
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
     let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+    let pools = Api::<NodePool>::namespaced(client.clone(), &ns);
     let control_plane_pods = ListParams::default().labels(&selector);
-    let (datastore, deployment, service, pods, certificates, inside) = tokio::join!(
+    let (datastore, deployment, service, pods, certificates, pools, inside) = tokio::join!(
         datastore,
         get(&deployments, &workload),
         get(&services, &workload),
         list(&pods, &control_plane_pods),
         get(&secrets, &certs),
+        node_pools(&pools),
         inside,
     );
     Fetched {
@@ -106,6 +110,7 @@ pub async fn fetch(client: &Client, tcp: TenantControlPlane, look_inside: bool) 
         service,
         pods,
         certificates,
+        pools,
         inside,
     }
 }
@@ -125,7 +130,19 @@ async fn list<K>(api: &Api<K>, params: &ListParams) -> Access<Vec<K>>
 where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
-    match api.list(params).await {
+    listed(api.list(params).await)
+}
+
+/// The namespace's NodePools; a management cluster whose Orrery predates them has none.
+async fn node_pools(api: &Api<NodePool>) -> Access<Vec<NodePool>> {
+    match api.list(&ListParams::default()).await {
+        Err(e) if code(&e) == Some(404) => Access::Read(Vec::new()),
+        result => listed(result),
+    }
+}
+
+fn listed<K: Resource + Clone>(result: kube::Result<ObjectList<K>>) -> Access<Vec<K>> {
+    match result {
         Ok(list) => {
             let mut items = list.items;
             items.sort_by_key(ResourceExt::name_any);

@@ -1,10 +1,11 @@
 //! `kubectl orrery describe TENANT|-A`: each tenant as a tree, one line per part, in the manner
 //! of `clusterctl describe cluster`. [`fetch`] makes every read, [`tree`] builds the tree from
-//! them (pure, with [`row`], [`objects`] and [`certs`]), [`render`] prints it.
+//! them (pure, with [`row`], [`objects`], [`certs`] and [`pools`]), [`render`] prints it.
 
 pub mod certs;
 pub mod fetch;
 pub mod objects;
+pub mod pools;
 pub mod render;
 pub mod row;
 pub mod tree;

@@ -2,8 +2,10 @@
 //! which readiness.
 
 use super::fetch::{Access, Fetched, InTenant, Inside};
+use super::render::{self, Described};
 use super::row::{Ready, Severity, Tree};
 use super::tree::{Options, tree};
+use crate::api::NodePool;
 use crate::pki::{self, CertProfile};
 use jiff::Timestamp;
 use k8s_openapi::ByteString;
@@ -156,6 +158,7 @@ fn ready_tenant() -> Fetched {
         })))),
         pods: Access::Read(vec![pod("demo-a", true), pod("demo-b", true)]),
         certificates: Access::Read(Some(certs_secret())),
+        pools: Access::Read(Vec::new()),
         inside: Inside::Read(inside_with_addons()),
     }
 }
@@ -264,6 +267,7 @@ fn a_tenant_orrery_has_not_seen_yet() {
         service: Access::Read(None),
         pods: Access::Read(Vec::new()),
         certificates: Access::Read(None),
+        pools: Access::Read(Vec::new()),
         inside: Inside::Skipped("the tenant has no kubeconfig yet".into()),
     };
     let t = tree(&f, Options::default(), Timestamp::now());
@@ -465,4 +469,319 @@ fn a_running_pod_not_ready_yet_says_so() {
         row.message,
         "containers with unready status: [kube-apiserver]"
     );
+}
+
+fn machine(name: &str, phase: &str, joined: bool, message: Option<&str>) -> Value {
+    let mut m = json!({"name": name, "phase": phase, "version": "v1.34.4", "templateHash": "h1",
+                       "since": "2026-01-01T00:00:00Z"});
+    if joined {
+        m["node"] = json!(name);
+    }
+    if let Some(message) = message {
+        m["message"] = json!(message);
+    }
+    m
+}
+
+fn node_pool(name: &str, tenant: &str, status: Value) -> NodePool {
+    let mut pool = json!({
+        "apiVersion": "orrery.dev/v1alpha1", "kind": "NodePool",
+        "metadata": {"name": name, "namespace": "t", "generation": 2},
+        "spec": {"controlPlaneRef": {"name": tenant}, "replicas": 4},
+    });
+    if !status.is_null() {
+        pool["status"] = status;
+    }
+    from(pool)
+}
+
+/// Four machines: two Ready, one Joining, one NotReady.
+fn workers() -> NodePool {
+    node_pool(
+        "workers",
+        "demo",
+        json!({
+            "observedGeneration": 2, "replicas": 4, "readyReplicas": 2, "updatedReplicas": 4,
+            "availableReplicas": 2, "version": "v1.34.4",
+            "machines": [
+                machine("workers-a", "Ready", true, None),
+                machine("workers-b", "Joining", false,
+                        Some("the VM runs; its node has not joined yet")),
+                machine("workers-c", "NotReady", true, Some("the node is not Ready")),
+                machine("workers-d", "Ready", true, None),
+            ],
+            "conditions": [
+                cond("Ready", "False", "NodesNotReady", "2/4 nodes Ready and up to date"),
+                cond("Progressing", "True", "Joining",
+                     "4 machines, 4 up to date, 0 being removed; 4 wanted"),
+                cond("Degraded", "True", "NodesNotReady", "NotReady: workers-c"),
+            ],
+        }),
+    )
+}
+
+fn with_pools(pools: Vec<NodePool>) -> Fetched {
+    Fetched {
+        pools: Access::Read(pools),
+        ..ready_tenant()
+    }
+}
+
+#[test]
+fn a_pool_shows_its_machines_grouped() {
+    // A pool of another tenant in the namespace is not this tenant's.
+    let other = node_pool("gpu", "other", Value::Null);
+    let t = tree(
+        &with_pools(vec![workers(), other]),
+        Options::default(),
+        Timestamp::now(),
+    );
+    let parts: Vec<String> = t.children.iter().map(|c| c.row.name.clone()).collect();
+    assert_eq!(parts.last().map(String::as_str), Some("NodePool/workers"));
+    assert_eq!(
+        parts.iter().filter(|n| n.starts_with("NodePool/")).count(),
+        1
+    );
+    assert_eq!(
+        parts[parts.len() - 2],
+        "Nodes",
+        "the tenant's nodes stay as they are"
+    );
+    let pool = find(&t, "NodePool/workers");
+    assert_eq!(
+        flat(pool),
+        vec![
+            (
+                0,
+                "NodePool/workers".into(),
+                Some(Ready::False),
+                "NodesNotReady".into()
+            ),
+            (1, "2 Machines...".into(), Some(Ready::True), String::new()),
+            (
+                1,
+                "Machine/workers-b".into(),
+                Some(Ready::Unknown),
+                "Joining".into()
+            ),
+            (
+                1,
+                "Machine/workers-c → Node/workers-c".into(),
+                Some(Ready::False),
+                "NotReady".into()
+            ),
+        ]
+    );
+    assert_eq!(pool.row.message, "2/4 ready, 4 up to date, v1.34.4");
+    assert_eq!(pool.row.severity, Some(Severity::Warning));
+    assert_eq!(pool.children[0].row.message, "See workers-a, workers-d");
+    let joining = &pool.children[1].row;
+    assert_eq!(joining.severity, Some(Severity::Info));
+    assert_eq!(joining.message, "the VM runs; its node has not joined yet");
+    let sick = &pool.children[2].row;
+    assert_eq!(sick.severity, Some(Severity::Warning));
+    assert_eq!(sick.message, "the node is not Ready");
+    assert_eq!(
+        sick.since,
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2026-01-01T00:00:00Z".parse().unwrap()
+        ))
+    );
+}
+
+#[test]
+fn expand_shows_each_machine() {
+    let t = tree(
+        &with_pools(vec![workers()]),
+        Options { expand: true },
+        Timestamp::now(),
+    );
+    let machines: Vec<String> = find(&t, "NodePool/workers")
+        .children
+        .iter()
+        .map(|c| c.row.name.clone())
+        .collect();
+    assert_eq!(
+        machines,
+        [
+            "Machine/workers-a → Node/workers-a",
+            "Machine/workers-b",
+            "Machine/workers-c → Node/workers-c",
+            "Machine/workers-d → Node/workers-d",
+        ]
+    );
+}
+
+#[test]
+fn a_refused_list_of_pools_says_what_to_ask_for() {
+    let f = Fetched {
+        pools: Access::Forbidden,
+        ..ready_tenant()
+    };
+    let t = tree(&f, Options::default(), Timestamp::now());
+    let row = &t.children.last().unwrap().row;
+    assert_eq!(row.name, "NodePools");
+    assert_eq!(row.severity, Some(Severity::Info));
+    assert_eq!(
+        row.message,
+        "no permission to list nodepools in namespace t: ask for list on nodepools there"
+    );
+    // No pools: no part at all.
+    let t = tree(&ready_tenant(), Options::default(), Timestamp::now());
+    assert!(names(&t).iter().all(|(_, n)| !n.starts_with("NodePool")));
+}
+
+#[test]
+fn pools_that_are_held_up_say_why() {
+    let blocked = node_pool(
+        "blocked",
+        "demo",
+        json!({
+            "observedGeneration": 1, "replicas": 0, "readyReplicas": 0, "updatedReplicas": 0,
+            "availableReplicas": 0,
+            "conditions": [
+                cond("Ready", "False", "WaitingForControlPlane", "tenant demo is not Ready"),
+                cond("Degraded", "True", "WaitingForControlPlane", "tenant demo is not Ready"),
+            ],
+        }),
+    );
+    let failing = node_pool(
+        "failing",
+        "demo",
+        json!({
+            "observedGeneration": 2, "replicas": 2, "readyReplicas": 2, "updatedReplicas": 2,
+            "availableReplicas": 2, "version": "v1.34.4",
+            "machines": [
+                machine("failing-a", "Provisioning", false, Some("the VM is Starting")),
+                machine("failing-b", "Deleting", true, Some("scaled down")),
+            ],
+            "conditions": [
+                cond("Ready", "True", "NodesReady", "2/2 nodes Ready and up to date"),
+                cond("Degraded", "True", "KubeApi", "reconcile failed: boom"),
+            ],
+        }),
+    );
+    let scaling = node_pool(
+        "scaling",
+        "demo",
+        json!({
+            "observedGeneration": 2, "replicas": 2, "readyReplicas": 1, "updatedReplicas": 2,
+            "availableReplicas": 1, "version": "v1.34.4",
+            "machines": [
+                machine("scaling-a", "Ready", true, None),
+                machine("scaling-b", "Provisioning", false, Some("the VM is Starting")),
+            ],
+            "conditions": [
+                cond("Ready", "False", "NodesNotReady", "1/4 nodes Ready and up to date"),
+                cond("Degraded", "False", "AsExpected", "no node is NotReady"),
+            ],
+        }),
+    );
+    let unseen = node_pool("unseen", "demo", Value::Null);
+    let t = tree(
+        &with_pools(vec![blocked, failing, scaling, unseen]),
+        Options::default(),
+        Timestamp::now(),
+    );
+    // (name, READY, SEVERITY, REASON, MESSAGE)
+    let cases = [
+        (
+            "NodePool/blocked",
+            Some(Ready::False),
+            Some(Severity::Info),
+            "WaitingForControlPlane",
+            "0/4 ready, 0 up to date: tenant demo is not Ready; Orrery has not taken up the \
+             latest change yet",
+        ),
+        (
+            "NodePool/failing",
+            Some(Ready::True),
+            Some(Severity::Error),
+            "",
+            "2/4 ready, 2 up to date, v1.34.4; reconcile failed: boom",
+        ),
+        // Nodes coming up, none NotReady: on the way, not a fault.
+        (
+            "NodePool/scaling",
+            Some(Ready::False),
+            Some(Severity::Info),
+            "NodesNotReady",
+            "1/4 ready, 2 up to date, v1.34.4",
+        ),
+        (
+            "Machine/failing-a",
+            Some(Ready::Unknown),
+            Some(Severity::Info),
+            "Provisioning",
+            "the VM is Starting",
+        ),
+        (
+            "Machine/failing-b → Node/failing-b",
+            Some(Ready::False),
+            Some(Severity::Info),
+            "Deleting",
+            "scaled down",
+        ),
+        (
+            "NodePool/unseen",
+            None,
+            None,
+            "",
+            "4 wanted: Orrery has not reported on it yet; is the operator running?",
+        ),
+    ];
+    for (name, ready, severity, reason, message) in cases {
+        let row = &find(&t, name).row;
+        assert_eq!(
+            (
+                row.ready,
+                row.severity,
+                row.reason.as_str(),
+                row.message.as_str()
+            ),
+            (ready, severity, reason, message),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn pools_are_in_the_data_and_the_table() {
+    let now: Timestamp = "2026-01-01T00:05:00Z".parse().unwrap();
+    let mut t = tree(&with_pools(vec![workers()]), Options::default(), now);
+    let described = Described {
+        namespace: None,
+        tree: t.clone(),
+    };
+    let data = serde_json::to_value(&described).unwrap();
+    let pool = data["children"].as_array().unwrap().last().unwrap();
+    assert_eq!(pool["name"], "NodePool/workers");
+    assert_eq!(pool["ready"], "False");
+    assert_eq!(pool["message"], "2/4 ready, 4 up to date, v1.34.4");
+    assert_eq!(
+        pool["children"][2]["name"],
+        "Machine/workers-c → Node/workers-c"
+    );
+    assert_eq!(pool["children"][2]["severity"], "Warning");
+    assert_eq!(pool["children"][2]["since"], "2026-01-01T00:00:00Z");
+
+    // The table, with the tenant's other parts left out.
+    t.children.retain(|c| c.row.name.starts_with("NodePool/"));
+    let table = render::table(
+        &[Described {
+            namespace: None,
+            tree: t,
+        }],
+        now,
+        false,
+    );
+    let want = "\
+NAME                                    READY    SEVERITY  REASON         SINCE  MESSAGE
+TenantControlPlane/demo                 True                              5m     Ready, v1.34.4: the tenant control plane is available
+└─NodePool/workers                      False    Warning   NodesNotReady  5m     2/4 ready, 4 up to date, v1.34.4
+  ├─2 Machines...                       True                              5m     See workers-a, workers-d
+  ├─Machine/workers-b                   Unknown  Info      Joining        5m     the VM runs; its node has not joined yet
+  └─Machine/workers-c → Node/workers-c  False    Warning   NotReady       5m     the node is not Ready
+";
+    assert_eq!(table, want);
 }

@@ -1,13 +1,14 @@
 //! The tree of one tenant, built from what was read (pure). Its parts, in this order: the
 //! TenantControlPlane (Ready and phase), its DataStore, the endpoint, the control-plane
-//! Deployment with its pods, the certificates, the add-ons and, when the tenant was read, its
-//! nodes. Each part's row shows the condition Orrery keeps for it. NodePools, once they exist,
-//! are one more part with their machines grouped by [`grouped`].
+//! Deployment with its pods, the certificates, the add-ons, when the tenant was read its nodes,
+//! and one part per NodePool of the tenant with its machines ([`pools`]). Each part's row shows
+//! the condition Orrery keeps for it; alike pods, certificates, nodes and machines are grouped
+//! by [`grouped`] unless [`Options::expand`].
 
 use super::super::error::forbidden;
 use super::fetch::{Access, Fetched, InTenant, Inside, datastore_name};
 use super::row::{Item, Ready, Row, Severity, Tree, grouped};
-use super::{certs, objects};
+use super::{certs, objects, pools};
 use crate::api::{AddonSpec, TenantControlPlane, TenantControlPlaneStatus};
 use crate::conditions::{
     CERTIFICATES_READY, CONTROL_PLANE_AVAILABLE, DATASTORE_READY, DEGRADED, READY,
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
-    /// One row per pod, node and certificate instead of grouping alike ones.
+    /// One row per pod, certificate, node and machine instead of grouping alike ones.
     pub expand: bool,
 }
 
@@ -37,6 +38,7 @@ pub fn tree(f: &Fetched, opts: Options, now: Timestamp) -> Tree {
     if let Inside::Read(inside) = &f.inside {
         parts.push(nodes(inside, opts));
     }
+    parts.extend(node_pools(f, opts));
     Tree::with(tenant(&f.tcp), parts)
 }
 
@@ -327,7 +329,7 @@ fn addon_row(addon: &Addon, enabled: bool, inside: &Inside) -> Row {
     row
 }
 
-/// The tenant's nodes. NodePools will group their own machines the same way.
+/// The tenant's nodes, whatever joined them; a NodePool's part shows its own again as machines.
 fn nodes(inside: &InTenant, opts: Options) -> Tree {
     let items: Vec<Item> = inside.nodes.iter().map(objects::node).collect();
     let ready = items
@@ -344,4 +346,21 @@ fn nodes(inside: &InTenant, opts: Options) -> Tree {
         ..Row::named("Nodes")
     };
     Tree::with(row, grouped(items, "Nodes", opts.expand))
+}
+
+/// One part per NodePool whose spec.controlPlaneRef names the tenant; none when it has none.
+fn node_pools(f: &Fetched, opts: Options) -> Vec<Tree> {
+    let tenant = f.tcp.name_any();
+    match &f.pools {
+        Access::Read(all) => all
+            .iter()
+            .filter(|p| p.spec.control_plane_ref.name == tenant)
+            .map(|p| pools::pool(p, opts.expand))
+            .collect(),
+        read => {
+            let ns = f.tcp.namespace().unwrap_or_default();
+            let why = unread(read, "list", "nodepools", Some(&ns)).unwrap_or_default();
+            vec![Tree::leaf(Row::note("NodePools", why))]
+        }
+    }
 }
