@@ -10,6 +10,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// Machines are being created, rolled or removed.
 pub const PROGRESSING: &str = "Progressing";
+/// The reason of Ready (False) and Degraded (True) while some of the pool's nodes are not Ready.
+pub const NODES_NOT_READY: &str = "NodesNotReady";
 
 /// What the status is computed from.
 pub struct Inputs<'a> {
@@ -109,7 +111,7 @@ pub fn status(i: &Inputs) -> NodePoolStatus {
             set(DEGRADED, false, "AsExpected", "no node is NotReady".into());
         } else {
             let message = format!("NotReady: {}", not_ready.join(", "));
-            set(DEGRADED, true, "NodesNotReady", message);
+            set(DEGRADED, true, NODES_NOT_READY, message);
         }
         st.replicas = live.len() as i32;
         st.ready_replicas = ready;

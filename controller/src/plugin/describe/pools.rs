@@ -4,12 +4,9 @@
 use super::row::{Item, Ready, Row, Severity, Tree, grouped};
 use crate::api::{MachinePhase, MachineStatus, NodePool, NodePoolStatus};
 use crate::conditions::{DEGRADED, READY};
+use crate::nodepool::status::NODES_NOT_READY;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
-
-/// The reason of the pool's Ready and Degraded conditions while some node is NotReady: the
-/// machine rows say which, so the pool row does not repeat it.
-const NODES_NOT_READY: &str = "NodesNotReady";
 
 /// The pool's row with its machines under it.
 pub fn pool(p: &NodePool, expand: bool) -> Tree {
