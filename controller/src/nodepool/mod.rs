@@ -297,6 +297,17 @@ async fn check_pod_security(pool: &NodePool, ctx: &Context) -> Result<(), Stop> 
 
 /// The pipeline: dereference → observe → plan → act.
 async fn converge(pool: &NodePool, ctx: &Context, seen: &mut Outcome) -> Result<(), Stop> {
+    if pool.spec.template.root_disk.persistent_volume.is_some() {
+        // Copying the image into a claim needs an importer (CDI's DataVolumes) this controller
+        // does not drive yet: say so instead of booting something else.
+        return Err(Blocked::until_changed(
+            READY,
+            "Unsupported",
+            "spec.template.rootDisk.persistentVolume is not supported yet: leave it out to boot \
+             from the containerDisk",
+        )
+        .into());
+    }
     check_pod_security(pool, ctx).await?;
     let tenant = dereference_tenant(pool, ctx).await?;
     ensure_owned_by_tenant(pool, &tenant.tcp, ctx).await?;
