@@ -35,7 +35,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use kubevirt::{VirtualMachine, VirtualMachineInstance};
@@ -103,7 +103,7 @@ async fn reconcile_pool(pool: Arc<NodePool>, ctx: Arc<Context>) -> Result<Action
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
         .map(|c| c.reason.clone());
     if pool.status.as_ref() != Some(&st) {
-        let patch = json!({ "status": st });
+        let patch = status::merge_patch(&st);
         Api::<NodePool>::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default())
             .patch_status(
                 &pool.name_any(),
@@ -661,11 +661,19 @@ fn error_policy(pool: Arc<NodePool>, error: &Error, ctx: Arc<Context>) -> Action
 /// Runs the NodePool controller until `shutdown` is cancelled.
 pub fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> BoxFuture<'static, ()> {
     let client = ctx.client.clone();
-    let controller = Controller::new(
-        Api::<NodePool>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let pools = controller.store();
+    // The pool's own status writes do not wake it (see `changed_by_user`).
+    let (reader, writer) = reflector::store();
+    let changed = reflector::reflector(
+        writer,
+        watcher(
+            Api::<NodePool>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .applied_objects()
+    .predicate_filter(crate::context::changed_by_user(), Default::default());
+    let pools = reader.clone();
+    let controller = Controller::for_stream(changed, reader);
     // VMs are watched by metadata; without KubeVirt the watch backs off and pools say why.
     let vms = watcher(
         Api::<kube::core::PartialObjectMeta<VirtualMachine>>::all(client.clone()),

@@ -133,6 +133,14 @@ pub fn status(i: &Inputs) -> NodePoolStatus {
     st
 }
 
+/// The merge patch that writes `st`. An empty machine list is left out when serialized, yet the
+/// patch must still clear the old one.
+pub fn merge_patch(st: &NodePoolStatus) -> serde_json::Value {
+    let mut patch = serde_json::json!({ "status": st });
+    patch["status"]["machines"] = serde_json::json!(st.machines);
+    patch
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +270,20 @@ mod tests {
         assert_eq!(cond(&st, DEGRADED).status, "True");
         assert_eq!(cond(&st, DEGRADED).message, "NotReady: b");
         assert_eq!(st.machines.len(), 3);
+    }
+
+    #[test]
+    fn the_patch_clears_machines_that_are_gone() {
+        let empty = NodePoolStatus::default();
+        assert_eq!(
+            merge_patch(&empty)["status"]["machines"],
+            serde_json::json!([])
+        );
+        let one = NodePoolStatus {
+            machines: vec![observed("a", MachinePhase::Ready, "h", "v1.34.4").status],
+            ..Default::default()
+        };
+        assert_eq!(merge_patch(&one)["status"]["machines"][0]["name"], "a");
     }
 
     #[test]
