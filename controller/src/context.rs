@@ -2,14 +2,18 @@
 //! connections and the reflector stores that answer cross-object lookups without a LIST.
 
 use crate::api::{DataStore, TenantControlPlane};
+use crate::apply::MANAGED_BY;
 use crate::etcd::EtcdPool;
 use crate::metrics::Metrics;
 use kube::Resource;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::predicates;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{Lookup, Store};
 use kube::runtime::utils::Predicate;
+use kube::runtime::{WatchStreamExt, watcher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::warn;
@@ -150,4 +154,25 @@ impl Stores {
     pub fn take_datastores_writer(&self) -> Writer<DataStore> {
         take(&self.datastores_writer, "DataStore")
     }
+}
+
+/// Changes of Orrery's children of kind `K` (labelled managed-by Orrery), watched by metadata
+/// only: a change wakes their owner, and no Secret data is held or even sent. A kind the cluster
+/// lacks (KubeVirt's, say) is retried with backoff rather than in a tight loop.
+pub fn owned<K>(
+    client: &kube::Client,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let children = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
+    watcher(Api::<PartialObjectMeta<K>>::all(client.clone()), children)
+        .default_backoff()
+        .touched_objects()
 }

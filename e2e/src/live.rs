@@ -56,6 +56,23 @@ pub fn apply_json(ground: &Ground, value: &serde_json::Value) {
     ]);
 }
 
+/// Waits with kubectl until TenantControlPlane `name` in `ns` is Ready (at most 300 s).
+pub fn wait_tenant_ready(ground: &Ground, ns: &str, name: &str) {
+    let tcp = format!("tcp/{name}");
+    let args = [
+        "wait",
+        "-n",
+        ns,
+        "--for=condition=Ready",
+        &tcp,
+        "--timeout=300s",
+    ];
+    check(
+        ground.run("kubectl", &args),
+        &format!("tenant {name} Ready"),
+    );
+}
+
 /// The stdout of a command that must succeed; fails with both outputs otherwise.
 pub fn check(out: Output, what: &str) -> String {
     assert!(

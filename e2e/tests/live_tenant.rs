@@ -13,7 +13,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use orrery::api::{DataStore, TenantControlPlane};
 use orrery_e2e::live::{
     Release, apply_json, check, live_ground, live_scheduling, managed_datastore,
-    restricted_namespace,
+    restricted_namespace, wait_tenant_ready,
 };
 use orrery_e2e::{Ground, eventually, install_crds, unique_name};
 use serde_json::json;
@@ -431,20 +431,7 @@ async fn delete_while_writing(
                      "controlPlane": {"scheduling": live_scheduling()}}
         }),
     );
-    check(
-        ground.run(
-            "kubectl",
-            &[
-                "wait",
-                "-n",
-                &ns,
-                "--for=condition=Ready",
-                "tcp/w",
-                "--timeout=300s",
-            ],
-        ),
-        "writer tenant Ready",
-    );
+    wait_tenant_ready(ground, &ns, "w");
     let admin = Api::<Secret>::namespaced(client.clone(), &ns)
         .get("w-admin-kubeconfig")
         .await

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use orrery_e2e::live::{
     Release, apply_json, check, live_ground, live_scheduling, managed_datastore,
-    restricted_namespace,
+    restricted_namespace, wait_tenant_ready,
 };
 use orrery_e2e::{Ground, install_crds, unique_name};
 use serde_json::{Value, json};
@@ -231,20 +231,7 @@ async fn a_pool_joins_runs_pods_scales_rolls_heals_and_goes_with_its_tenant() {
                      "controlPlane": {"scheduling": live_scheduling()}}
         }),
     );
-    check(
-        ground.run(
-            "kubectl",
-            &[
-                "wait",
-                "-n",
-                &ns,
-                "--for=condition=Ready",
-                "tcp/live",
-                "--timeout=300s",
-            ],
-        ),
-        "tenant Ready",
-    );
+    wait_tenant_ready(&ground, &ns, "live");
     let dir = std::env::temp_dir().join(unique_name("orrery-np"));
     std::fs::create_dir_all(&dir).unwrap();
     let admin = Api::<Secret>::namespaced(client.clone(), &ns)

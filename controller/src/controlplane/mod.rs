@@ -36,14 +36,13 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Resource, ResourceExt};
 use status::Tracker;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -424,24 +423,6 @@ fn tenants_waiting_on(
         .collect()
 }
 
-/// Changes of Orrery's children of kind `K`, watched by metadata only: a change wakes their
-/// owner, and no Secret data is held or even sent.
-fn owned<K>(
-    client: &kube::Client,
-) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let children = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
-    watcher(Api::<PartialObjectMeta<K>>::all(client.clone()), children).touched_objects()
-}
-
 /// Runs the TenantControlPlane controller until `shutdown` is cancelled. It feeds the tenant store.
 pub fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> BoxFuture<'static, ()> {
     run_with_trigger(ctx, shutdown, futures::stream::pending())
@@ -468,11 +449,11 @@ pub fn run_with_trigger(
     .predicate_filter(crate::context::changed_by_user(), Default::default());
     let store = reader.clone();
     Controller::for_stream(tenants, reader)
-        .owns_stream(owned::<Deployment>(&client))
-        .owns_stream(owned::<Service>(&client))
-        .owns_stream(owned::<Secret>(&client))
-        .owns_stream(owned::<ConfigMap>(&client))
-        .owns_stream(owned::<PodDisruptionBudget>(&client))
+        .owns_stream(crate::context::owned::<Deployment>(&client))
+        .owns_stream(crate::context::owned::<Service>(&client))
+        .owns_stream(crate::context::owned::<Secret>(&client))
+        .owns_stream(crate::context::owned::<ConfigMap>(&client))
+        .owns_stream(crate::context::owned::<PodDisruptionBudget>(&client))
         .watches(
             Api::<DataStore>::all(client),
             watcher::Config::default(),

@@ -70,21 +70,18 @@ impl std::fmt::Debug for BootstrapToken {
 /// Characters of generated names and tokens: kubeadm's token alphabet, `[a-z0-9]`.
 const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 
-/// `n` random characters of [`ALPHABET`].
+/// `n` random characters of [`ALPHABET`], uniform: bytes of 252 and above (the largest multiple
+/// of 36 below 256) are dropped.
 pub fn random_string(n: usize) -> String {
-    let mut bytes = vec![0u8; n];
-    getrandom::fill(&mut bytes).expect("the operating system's random source");
-    // 252 is the largest multiple of 36 below 256: rejecting larger bytes keeps it uniform.
     let mut out = String::with_capacity(n);
-    let mut pool = bytes;
+    let mut bytes = [0u8; 32];
     while out.len() < n {
-        for b in pool.iter().filter(|b| **b < 252) {
-            if out.len() < n {
-                out.push(ALPHABET[usize::from(*b) % ALPHABET.len()] as char);
-            }
-        }
-        pool = vec![0u8; n];
-        getrandom::fill(&mut pool).expect("the operating system's random source");
+        getrandom::fill(&mut bytes).expect("the operating system's random source");
+        let chars = bytes
+            .iter()
+            .filter(|b| **b < 252)
+            .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char);
+        out.extend(chars.take(n - out.len()));
     }
     out
 }
@@ -162,15 +159,15 @@ pub fn token_secret(
     token: &BootstrapToken,
     expires: Timestamp,
 ) -> Secret {
-    let mut labels = BTreeMap::from([
+    let labels = BTreeMap::from([
         (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
         (POOL_LABEL.to_string(), pool.name_any()),
         (MACHINE_LABEL.to_string(), machine.to_string()),
+        (
+            "orrery.dev/pool-namespace".to_string(),
+            pool.namespace().unwrap_or_default(),
+        ),
     ]);
-    labels.insert(
-        "orrery.dev/pool-namespace".into(),
-        pool.namespace().unwrap_or_default(),
-    );
     let data = [
         ("token-id", token.id.clone()),
         ("token-secret", token.secret.clone()),

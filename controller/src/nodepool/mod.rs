@@ -562,7 +562,8 @@ async fn delete_tokens(tenant: &Tenant, pool: &NodePool, machine: Option<&str>) 
         .await?
     {
         match api.delete(&s.name_any(), &DeleteParams::default()).await {
-            Ok(_) | Err(kube::Error::Api(_)) => {}
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),
         }
     }
@@ -674,19 +675,9 @@ pub fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> BoxFuture<'static,
     .predicate_filter(crate::context::changed_by_user(), Default::default());
     let pools = reader.clone();
     let controller = Controller::for_stream(changed, reader);
-    // VMs are watched by metadata; without KubeVirt the watch backs off and pools say why.
-    let vms = watcher(
-        Api::<kube::core::PartialObjectMeta<VirtualMachine>>::all(client.clone()),
-        watcher::Config::default().labels(&format!(
-            "{}={}",
-            crate::apply::MANAGED_BY.0,
-            crate::apply::MANAGED_BY.1
-        )),
-    )
-    .default_backoff()
-    .touched_objects();
+    // Without KubeVirt the VM watch backs off, and the pools say why.
     controller
-        .owns_stream(vms)
+        .owns_stream(crate::context::owned::<VirtualMachine>(&client))
         .watches(
             Api::<TenantControlPlane>::all(client),
             watcher::Config::default(),
