@@ -1,10 +1,13 @@
 //! What every reconciler shares: the client, settings, metrics, one event recorder, the etcd
 //! connections and the reflector stores that answer cross-object lookups without a LIST.
 
+use crate::Error;
 use crate::api::{DataStore, TenantControlPlane};
 use crate::apply::MANAGED_BY;
 use crate::etcd::EtcdPool;
 use crate::metrics::Metrics;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use kube::Resource;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
@@ -117,17 +120,46 @@ pub fn changed_by_user<K: Resource + 'static>() -> impl Predicate<K> {
 pub struct Stores {
     pub tenants: Store<TenantControlPlane>,
     pub datastores: Store<DataStore>,
+    tenants_listed: Listed,
+    datastores_listed: Listed,
     tenants_writer: Mutex<Option<Writer<TenantControlPlane>>>,
     datastores_writer: Mutex<Option<Writer<DataStore>>>,
+}
+
+/// Resolves once a store holds its first full list (false: its writer is gone). Shared, because
+/// a store's own `wait_until_ready` wakes only the waiter that polled it last: with several
+/// reconciles waiting at start, the others would wait for ever.
+type Listed = Shared<BoxFuture<'static, bool>>;
+
+fn listed<K>(store: &Store<K>) -> Listed
+where
+    K: Lookup + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let store = store.clone();
+    async move { store.wait_until_ready().await.is_ok() }
+        .boxed()
+        .shared()
+}
+
+async fn wait_listed(listed: &Listed, what: &str) -> Result<(), Error> {
+    if listed.clone().await {
+        Ok(())
+    } else {
+        Err(Error::Pending(format!("the {what} store is no longer fed")))
+    }
 }
 
 impl Default for Stores {
     fn default() -> Self {
         let tenants = Writer::default();
         let datastores = Writer::default();
+        let (tenants_reader, datastores_reader) = (tenants.as_reader(), datastores.as_reader());
         Self {
-            tenants: tenants.as_reader(),
-            datastores: datastores.as_reader(),
+            tenants_listed: listed(&tenants_reader),
+            datastores_listed: listed(&datastores_reader),
+            tenants: tenants_reader,
+            datastores: datastores_reader,
             tenants_writer: Mutex::new(Some(tenants)),
             datastores_writer: Mutex::new(Some(datastores)),
         }
@@ -154,6 +186,17 @@ impl Stores {
     pub fn take_datastores_writer(&self) -> Writer<DataStore> {
         take(&self.datastores_writer, "DataStore")
     }
+
+    /// Waits until the TenantControlPlane store holds every tenant: before that, a missing tenant
+    /// means nothing (a DataStore would look unused, a pool's tenant absent).
+    pub async fn tenants_listed(&self) -> Result<(), Error> {
+        wait_listed(&self.tenants_listed, "TenantControlPlane").await
+    }
+
+    /// Waits until the DataStore store holds every DataStore.
+    pub async fn datastores_listed(&self) -> Result<(), Error> {
+        wait_listed(&self.datastores_listed, "DataStore").await
+    }
 }
 
 /// Changes of Orrery's children of kind `K` (labelled managed-by Orrery), watched by metadata
@@ -175,4 +218,47 @@ where
     watcher(Api::<PartialObjectMeta<K>>::all(client.clone()), children)
         .default_backoff()
         .touched_objects()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reconciles that start before the first list all go on once it arrives, not only the last
+    /// one to wait (which is all a store's own `wait_until_ready` wakes).
+    #[tokio::test]
+    async fn every_waiter_goes_on_once_the_store_is_listed() {
+        let stores = Arc::new(Stores::default());
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let stores = stores.clone();
+                tokio::spawn(async move { stores.datastores_listed().await })
+            })
+            .collect();
+        // Let every waiter poll (and register its waker) before the list arrives.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(waiters.iter().all(|w| !w.is_finished()));
+        let mut writer = stores.take_datastores_writer();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        for waiter in waiters {
+            tokio::time::timeout(Duration::from_secs(5), waiter)
+                .await
+                .expect("a waiter was never woken")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_whose_writer_is_gone_is_an_error() {
+        let stores = Stores::default();
+        drop(stores.take_tenants_writer());
+        assert!(matches!(
+            stores.tenants_listed().await,
+            Err(Error::Pending(_))
+        ));
+    }
 }

@@ -65,10 +65,7 @@ async fn datastore_of(
     ctx: &Context,
 ) -> Result<(String, Arc<DataStore>), Stop> {
     let store = &ctx.stores.datastores;
-    store
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::DataStore("the DataStore store is gone".into()))?;
+    ctx.stores.datastores_listed().await?;
     let name = datastore::resolve_name(tcp, &store.state()).map_err(|e| match e {
         Error::Invalid { field, reason } => Stop::from(Blocked::until_changed(
             DATASTORE_READY,

@@ -55,6 +55,8 @@ async fn reconcile(ds: Arc<DataStore>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started(CONTROLLER);
     let api = Api::<DataStore>::all(ctx.client.clone());
     let name = ds.name_any();
+    // Before the first full list of tenants, every DataStore would look unused.
+    ctx.stores.tenants_listed().await?;
     let used_by = status::tenants_using(&ctx.stores.tenants.state(), &name);
     let deleting = ds.meta().deletion_timestamp.is_some();
     if deleting {

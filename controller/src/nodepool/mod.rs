@@ -156,6 +156,7 @@ fn waiting_for_tenant(message: String) -> Stop {
 async fn dereference_tenant(pool: &NodePool, ctx: &Context) -> Result<Tenant, Stop> {
     let ns = pool.namespace().unwrap_or_default();
     let name = &pool.spec.control_plane_ref.name;
+    ctx.stores.tenants_listed().await?;
     let tcp = ctx
         .stores
         .tenants
