@@ -1,7 +1,8 @@
 //! NodePools on real KubeVirt: Orrery (installed with its chart) creates worker VMs from the
 //! worker image, they join a live tenant with kubeadm, run its pods and add-ons, scale, roll
-//! and heal; deleting the tenant leaves nothing. Checked with real kubectl against the tenant
-//! and the management cluster.
+//! and heal; the delete annotation removes exactly its machine; deleting a pool or the tenant
+//! leaves nothing of it. Checked with real kubectl against the tenant and the management
+//! cluster.
 //!
 //! Needs the live tier with KubeVirt (`e2e/ground up --live`); fails, never skips, without it.
 //! At most two worker VMs boot at once (each takes about one core under emulation).
@@ -38,13 +39,18 @@ impl Tenant {
         )
     }
 
-    /// The pool's Nodes: name → (Ready status, providerID).
+    /// The Nodes of the pool `workers`: name → (Ready status, providerID).
     fn nodes(&self) -> Vec<(String, String, String)> {
+        self.nodes_of("workers")
+    }
+
+    /// The Nodes of a pool: name → (Ready status, providerID).
+    fn nodes_of(&self, pool: &str) -> Vec<(String, String, String)> {
         let out = self.kubectl(&[
             "get",
             "nodes",
             "-l",
-            "orrery.dev/nodepool=workers",
+            &format!("orrery.dev/nodepool={pool}"),
             "-o",
             r#"jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status} {.spec.providerID}{"\n"}{end}"#,
         ]);
@@ -146,8 +152,13 @@ fn pool_field(ground: &Ground, ns: &str, path: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// The pool's VM names in the management cluster.
+/// The VM names of the pool `workers` in the management cluster.
 fn vms(ground: &Ground, ns: &str) -> Vec<String> {
+    vms_of(ground, ns, "workers")
+}
+
+/// A pool's VM names in the management cluster.
+fn vms_of(ground: &Ground, ns: &str, pool: &str) -> Vec<String> {
     let out = ground.run(
         "kubectl",
         &[
@@ -156,7 +167,7 @@ fn vms(ground: &Ground, ns: &str) -> Vec<String> {
             "-n",
             ns,
             "-l",
-            "orrery.dev/nodepool=workers",
+            &format!("orrery.dev/nodepool={pool}"),
             "-o",
             "jsonpath={.items[*].metadata.name}",
         ],
@@ -170,8 +181,12 @@ fn vms(ground: &Ground, ns: &str) -> Vec<String> {
 }
 
 fn ready_nodes(tenant: &Tenant) -> Vec<String> {
+    ready_nodes_of(tenant, "workers")
+}
+
+fn ready_nodes_of(tenant: &Tenant, pool: &str) -> Vec<String> {
     let mut names: Vec<String> = tenant
-        .nodes()
+        .nodes_of(pool)
         .into_iter()
         .filter(|(_, ready, _)| ready == "True")
         .map(|(n, _, _)| n)
@@ -181,9 +196,13 @@ fn ready_nodes(tenant: &Tenant) -> Vec<String> {
 }
 
 fn pool_yaml(ns: &str, replicas: u32, memory: &str) -> Value {
+    named_pool_yaml("workers", ns, replicas, memory)
+}
+
+fn named_pool_yaml(name: &str, ns: &str, replicas: u32, memory: &str) -> Value {
     json!({
         "apiVersion": "orrery.dev/v1alpha1", "kind": "NodePool",
-        "metadata": {"name": "workers", "namespace": ns},
+        "metadata": {"name": name, "namespace": ns},
         "spec": {
             "controlPlaneRef": {"name": "live"},
             "replicas": replicas,
@@ -398,7 +417,9 @@ async fn a_pool_joins_runs_pods_scales_rolls_heals_and_goes_with_its_tenant() {
         "kubectl exec through the tenant: {exec}"
     );
 
-    // Scale to 2 and back to 1: the newer machine is drained and removed with its Node.
+    // Scale to 2; the annotation the autoscaler sets removes exactly the first machine (a
+    // replacement starts, as replicas is still 2); back at 1, the machine still booting goes
+    // first, so the newer of the two joined ones stays.
     check(
         ground.run(
             "kubectl",
@@ -410,9 +431,32 @@ async fn a_pool_joins_runs_pods_scales_rolls_heals_and_goes_with_its_tenant() {
         ready_nodes(&tenant).len() == 2
     });
     let two = vms(&ground, &ns);
-    let newer: Vec<&String> = two.iter().filter(|v| !first.contains(v)).collect();
+    let newer: Vec<String> = two.iter().filter(|v| !first.contains(v)).cloned().collect();
     assert_eq!(newer.len(), 1, "{two:?}");
-    let newer = newer[0].clone();
+    ground.kubectl(&[
+        "annotate",
+        "vm",
+        &first[0],
+        "-n",
+        &ns,
+        "orrery.dev/delete-machine=true",
+    ]);
+    wait_until(
+        "the annotated machine removed",
+        Duration::from_secs(300),
+        &why,
+        || {
+            let now = vms(&ground, &ns);
+            !now.contains(&first[0])
+                && now.contains(&newer[0])
+                && tenant.nodes().iter().all(|(n, _, _)| n != &first[0])
+        },
+    );
+    assert_eq!(
+        ready_nodes(&tenant),
+        newer,
+        "only the annotated machine's node went"
+    );
     check(
         ground.run(
             "kubectl",
@@ -421,13 +465,10 @@ async fn a_pool_joins_runs_pods_scales_rolls_heals_and_goes_with_its_tenant() {
         "kubectl scale np --replicas=1",
     );
     wait_until("scaled back to 1", Duration::from_secs(300), &why, || {
-        vms(&ground, &ns) == first && tenant.nodes().len() == 1
+        vms(&ground, &ns) == newer && tenant.nodes().len() == 1
     });
-    assert_eq!(
-        ready_nodes(&tenant),
-        first,
-        "the newer node went, the first stayed"
-    );
+    assert_eq!(ready_nodes(&tenant), newer, "the joined node stayed");
+    let first = newer;
     let events = check(
         ground.run(
             "kubectl",
@@ -445,10 +486,7 @@ async fn a_pool_joins_runs_pods_scales_rolls_heals_and_goes_with_its_tenant() {
         "pool events",
     );
     for reason in ["MachineCreated", "MachineDraining", "MachineDeleted"] {
-        assert!(
-            events.contains(reason),
-            "no {reason} event: {events}; newer was {newer}"
-        );
+        assert!(events.contains(reason), "no {reason} event: {events}");
     }
 
     // A template change rolls the pool: a new machine joins, then the old one goes.
@@ -508,7 +546,60 @@ async fn a_pool_joins_runs_pods_scales_rolls_heals_and_goes_with_its_tenant() {
         },
     );
 
-    // Deleting the tenant deletes its pool, VMs and user data.
+    // Deleting one pool removes its VMs, Secrets, Nodes and tokens, and leaves the tenant's
+    // other pool alone.
+    apply_json(&ground, &named_pool_yaml("spare", &ns, 1, "1536Mi"));
+    wait_until(
+        "a second pool Ready",
+        Duration::from_secs(600),
+        &why,
+        || ready_nodes_of(&tenant, "spare").len() == 1,
+    );
+    let spare = vms_of(&ground, &ns, "spare");
+    let workers = vms(&ground, &ns);
+    check(
+        ground.run(
+            "kubectl",
+            &[
+                "delete",
+                "np",
+                "workers",
+                "-n",
+                &ns,
+                "--wait=true",
+                "--timeout=300s",
+            ],
+        ),
+        "delete the pool workers",
+    );
+    assert!(
+        left_of(&ground, &ns, "workers").is_empty(),
+        "the deleted pool's objects remain"
+    );
+    assert!(
+        tenant.nodes().is_empty(),
+        "the deleted pool's Nodes remain in the tenant: {:?}; its VMs were {workers:?}",
+        tenant.nodes()
+    );
+    let tokens = tenant.kubectl(&[
+        "get",
+        "secrets",
+        "-n",
+        "kube-system",
+        "-l",
+        "orrery.dev/nodepool=workers",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(
+        tokens.trim(),
+        "",
+        "the deleted pool's bootstrap tokens remain"
+    );
+    assert_eq!(vms_of(&ground, &ns, "spare"), spare, "the other pool kept");
+    assert_eq!(ready_nodes_of(&tenant, "spare"), spare);
+
+    // Deleting the tenant deletes its remaining pool, its VMs and user data.
     check(
         ground.run(
             "kubectl",
@@ -529,23 +620,35 @@ async fn a_pool_joins_runs_pods_scales_rolls_heals_and_goes_with_its_tenant() {
         Duration::from_secs(300),
         &why,
         || {
-            let left = ground.run(
-                "kubectl",
-                &[
-                    "get",
-                    "np,vm,vmi,secrets",
-                    "-n",
-                    &ns,
-                    "-l",
-                    "orrery.dev/nodepool=workers",
-                    "-o",
-                    "name",
-                ],
-            );
-            left.status.success() && left.stdout.is_empty()
+            left_of(&ground, &ns, "spare").is_empty()
+                && ground
+                    .kubectl(&["get", "np", "-n", &ns, "-o", "name"])
+                    .is_empty()
         },
     );
     release.uninstall();
     ground.kubectl(&["delete", "namespace", &ns, "--wait=false"]);
     ground.kubectl(&["delete", "namespace", &etcd_ns, "--wait=false"]);
+}
+
+/// A pool's objects left in the management cluster: its VMs, VMIs and Secrets.
+fn left_of(ground: &Ground, ns: &str, pool: &str) -> String {
+    check(
+        ground.run(
+            "kubectl",
+            &[
+                "get",
+                "vm,vmi,secrets",
+                "-n",
+                ns,
+                "-l",
+                &format!("orrery.dev/nodepool={pool}"),
+                "-o",
+                "name",
+            ],
+        ),
+        "a pool's objects",
+    )
+    .trim()
+    .to_string()
 }

@@ -290,7 +290,7 @@ fn service_keeping_address(tcp: &TenantControlPlane, current: Option<&Service>) 
 }
 
 /// The IP of a `host:port` endpoint, if the host is one.
-fn endpoint_host(endpoint: &str) -> Option<IpAddr> {
+pub(crate) fn endpoint_host(endpoint: &str) -> Option<IpAddr> {
     let (host, _port) = endpoint.rsplit_once(':')?;
     host.trim_start_matches('[')
         .trim_end_matches(']')

@@ -113,6 +113,19 @@ pub fn template_hash(pool: &NodePool, version: &str, image: &str) -> Result<Stri
     Ok(full[..10].to_string())
 }
 
+/// Why workers cannot use the tenant's `endpoint` (`host:port`, as in its status), if they cannot:
+/// workers reach their apiserver at a management address, and inside a worker the tenant's
+/// kube-proxy owns the tenant's whole Service range, so that address must lie outside it.
+pub fn endpoint_clash(endpoint: &str, service_cidr: &str) -> Option<String> {
+    let host = crate::controlplane::endpoint_host(endpoint)?;
+    let range: ipnet::IpNet = service_cidr.parse().ok()?;
+    range.contains(&host).then(|| {
+        format!(
+            "spec.network.serviceCIDR {service_cidr} of the tenant contains {host}, the management address its workers reach the apiserver at, so the workers' kube-proxy would capture it; give the tenant a serviceCIDR apart from the management cluster's Service range (a tenant's serviceCIDR is fixed at creation)"
+        )
+    })
+}
+
 /// `sha256:<hex>` of the SubjectPublicKeyInfo of the CA certificate `ca_pem`, as kubeadm pins
 /// a cluster's CA during discovery.
 pub fn ca_cert_hash(ca_pem: &str) -> Result<String> {
@@ -450,6 +463,25 @@ pub fn extra_disk_claims(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_endpoint_inside_the_tenant_service_range_is_refused_naming_the_field() {
+        for (endpoint, cidr, clash) in [
+            ("10.96.4.7:6443", "10.96.0.0/16", true),
+            ("10.96.4.7:6443", "10.112.0.0/16", false),
+            ("10.96.4.7:443", "10.96.0.0/12", true),
+            ("[fd00::5]:6443", "fd00::/108", true),
+            ("[fd00::5]:6443", "fd01::/108", false),
+            ("api.example.com:6443", "10.96.0.0/16", false),
+        ] {
+            let found = endpoint_clash(endpoint, cidr);
+            assert_eq!(found.is_some(), clash, "{endpoint} in {cidr}: {found:?}");
+            if let Some(message) = found {
+                assert!(message.starts_with(&format!("spec.network.serviceCIDR {cidr}")));
+            }
+        }
+    }
+
     use super::*;
 
     fn pool(yaml: &str) -> NodePool {

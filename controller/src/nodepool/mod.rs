@@ -181,6 +181,10 @@ async fn dereference_tenant(pool: &NodePool, ctx: &Context) -> Result<Tenant, St
             "TenantControlPlane {name} is not bootstrapped for joining nodes yet"
         )));
     }
+    if let Some(message) = build::endpoint_clash(&endpoint, &tcp.spec.network.service_cidr) {
+        let message = format!("TenantControlPlane {name}: {message}");
+        return Err(Blocked::until_changed(READY, "ServiceCIDROverlap", message).into());
+    }
     let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
         .get_opt(&secret_ref.name)
         .await?
