@@ -393,6 +393,59 @@ pub struct AddonsSpec {
     #[serde(default)]
     #[x_kube(validation = image_rule("spec.addons.konnectivity", "self.image"))]
     pub konnectivity: AddonSpec,
+    /// The tenant's cloud controller, run by Orrery in the management cluster with the tenant's
+    /// admin kubeconfig: it initialises the Nodes of NodePool VMs (addresses, instance type, zone
+    /// and region; workers then start with `--cloud-provider=external`) and serves the tenant's
+    /// LoadBalancer Services through Services of the management cluster.
+    #[serde(default)]
+    pub cloud_controller: CloudControllerSpec,
+}
+
+/// The tenant's cloud controller.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudControllerSpec {
+    /// Whether Orrery runs the cloud controller for this tenant. Switching it off deletes the
+    /// management Services it made and releases the tenant's LoadBalancer Services; workers
+    /// created from then on join without `--cloud-provider=external`.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Type of the management-cluster Service made for each tenant Service of type
+    /// LoadBalancer. LoadBalancer: the management cluster's load balancer gives the address.
+    /// ClusterIP: the address is that Service's cluster IP, reachable from inside the management
+    /// cluster only (for example a test cluster without a load balancer).
+    #[serde(default)]
+    pub load_balancer_service_type: LoadBalancerServiceType,
+}
+
+impl Default for CloudControllerSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            load_balancer_service_type: LoadBalancerServiceType::default(),
+        }
+    }
+}
+
+/// Type of the management Service behind a tenant LoadBalancer Service.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum LoadBalancerServiceType {
+    /// The management cluster's load balancer gives the address.
+    #[default]
+    LoadBalancer,
+    /// The management Service's cluster IP is the address.
+    ClusterIP,
+}
+
+impl LoadBalancerServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LoadBalancer => "LoadBalancer",
+            Self::ClusterIP => "ClusterIP",
+        }
+    }
 }
 
 /// One add-on.
