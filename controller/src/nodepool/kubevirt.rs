@@ -56,6 +56,9 @@ pub struct VirtualMachineInstanceStatus {
     pub phase: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interfaces: Vec<Interface>,
+    /// The management Node the VM runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
 }
 
 /// A network interface of a running VMI.

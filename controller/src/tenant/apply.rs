@@ -1,16 +1,33 @@
-//! Sends the tenant objects to the tenant apiserver and removes the ones no longer wanted.
+//! Clients for the tenant apiserver, and sending the tenant objects to it (removing the ones no
+//! longer wanted).
 
 use super::{ADDON_LABEL, LABEL_MANAGED, TenantObjects};
 use crate::Result;
+use crate::api::SecretRef;
 use crate::children::Children;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kube::api::Api;
 use std::time::Duration;
 
 /// A client for the tenant apiserver from the admin kubeconfig, with short timeouts so an
 /// unreachable tenant does not hold a reconcile.
 pub async fn client(kubeconfig: &str) -> Result<kube::Client> {
+    let mut config = config(kubeconfig).await?;
+    config.read_timeout = Some(Duration::from_secs(10));
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// A client for the tenant apiserver that can hold watches open: a read timeout just above the
+/// 290 s after which the watcher asks the apiserver to end each watch.
+pub async fn watching_client(kubeconfig: &str) -> Result<kube::Client> {
+    let mut config = config(kubeconfig).await?;
+    config.read_timeout = Some(Duration::from_secs(295));
+    Ok(kube::Client::try_from(config)?)
+}
+
+async fn config(kubeconfig: &str) -> Result<kube::Config> {
     let invalid = |e: &dyn std::fmt::Display| crate::Error::Invalid {
         field: "admin kubeconfig".into(),
         reason: e.to_string(),
@@ -20,8 +37,23 @@ pub async fn client(kubeconfig: &str) -> Result<kube::Client> {
         .await
         .map_err(|e| invalid(&e))?;
     config.connect_timeout = Some(Duration::from_secs(3));
-    config.read_timeout = Some(Duration::from_secs(10));
-    Ok(kube::Client::try_from(config)?)
+    Ok(config)
+}
+
+/// The admin kubeconfig of a tenant from the Secret its status names (`None`: the Secret or the
+/// key is missing).
+pub async fn admin_kubeconfig(
+    management: &kube::Client,
+    namespace: &str,
+    secret: &SecretRef,
+) -> Result<Option<String>> {
+    let found = Api::<Secret>::namespaced(management.clone(), namespace)
+        .get_opt(&secret.name)
+        .await?;
+    Ok(found
+        .and_then(|s| s.data)
+        .and_then(|mut d| d.remove(&secret.key))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned()))
 }
 
 /// Applies every object (server-side apply; drift is undone on the next reconcile), cluster-scoped
