@@ -3,10 +3,12 @@
 //! Each concern has its own module: `api` (the custom resources), `crdgen` (CRD YAML), `pki`
 //! (certificates and kubeconfigs, pure), `datastore` (etcd for tenants), `controlplane` (the
 //! tenant control-plane objects, pure builders), `reconcile` (the TenantControlPlane controller),
-//! `nodepool` (the NodePool controller: KubeVirt worker VMs that join a tenant), `conditions` (status conditions),
+//! `nodepool` (the NodePool controller: KubeVirt worker VMs that join a tenant), `addons` (the
+//! tenant cloud controller, run from the management cluster), `conditions` (status conditions),
 //! `apply` (server-side apply of children), `metrics`, `runtime` (the `orrery` process: command
 //! line, client, leader election, supervisor) and `plugin` (the `kubectl orrery` plugin).
 
+pub mod addons;
 pub mod api;
 pub mod apply;
 pub mod children;
@@ -41,6 +43,7 @@ pub const CONTROLLERS: &[(&str, RunController)] = &[
     ("tenantcontrolplane", controlplane::run),
     ("datastore", datastore::run),
     ("nodepool", nodepool::run),
+    ("cloud", addons::cloud::run),
 ];
 
 /// The one field manager Orrery uses for server-side apply.
