@@ -52,6 +52,9 @@ pub struct MachineInputs<'a> {
     pub endpoint: &'a str,
     /// `sha256:<hex>` of the tenant CA's public key, for kubeadm's token discovery.
     pub ca_cert_hash: &'a str,
+    /// Whether the tenant's cloud controller runs: the kubelet then waits for it to initialise
+    /// the Node (`--cloud-provider=external`, which taints the Node until that is done).
+    pub external_cloud_provider: bool,
 }
 
 /// A kubeadm bootstrap token, `<id>.<secret>`.
@@ -207,7 +210,7 @@ pub fn token_secret(
 }
 
 /// The kubelet flags of the pool's nodes: the user's, then Orrery's (which win).
-fn kubelet_args(pool: &NodePool, machine: &str) -> Vec<Value> {
+fn kubelet_args(pool: &NodePool, machine: &str, external_cloud_provider: bool) -> Vec<Value> {
     let mut args: BTreeMap<String, String> = pool.spec.template.kubelet_extra_args.clone();
     let mut node_labels: Vec<String> = pool
         .spec
@@ -219,6 +222,9 @@ fn kubelet_args(pool: &NodePool, machine: &str) -> Vec<Value> {
     node_labels.push(format!("{POOL_LABEL}={}", pool.name_any()));
     args.insert("node-labels".into(), node_labels.join(","));
     args.insert("provider-id".into(), format!("kubevirt://{machine}"));
+    if external_cloud_provider {
+        args.insert("cloud-provider".into(), "external".into());
+    }
     args.into_iter()
         .map(|(name, value)| json!({"name": name, "value": value}))
         .collect()
@@ -266,7 +272,7 @@ fn join_configuration(
         "nodeRegistration": {
             "name": machine,
             "criSocket": "unix:///run/containerd/containerd.sock",
-            "kubeletExtraArgs": kubelet_args(pool, machine),
+            "kubeletExtraArgs": kubelet_args(pool, machine, m.external_cloud_provider),
             "taints": taints,
         },
     })
@@ -513,6 +519,7 @@ template:
             image: "orrery.dev/worker:v1.34.4",
             endpoint: "10.96.0.20:6443",
             ca_cert_hash: "sha256:abc",
+            external_cloud_provider: false,
         }
     }
 
@@ -613,7 +620,18 @@ template:
             reg["taints"][0],
             json!({"key": "dedicated", "value": "web", "effect": "NoSchedule"})
         );
-        let args: BTreeMap<String, String> = reg["kubeletExtraArgs"]
+        let args = kubelet_flags(&text);
+        assert_eq!(args["provider-id"], "kubevirt://workers-x1y2z");
+        assert_eq!(args["node-labels"], "tier=web,orrery.dev/nodepool=workers");
+        assert_eq!(args["max-pods"], "50");
+    }
+
+    /// The kubelet flags of the JoinConfiguration in user data `text`.
+    fn kubelet_flags(text: &str) -> BTreeMap<String, String> {
+        let doc: Value = serde_yaml_ng::from_str(text).unwrap();
+        let file = doc["write_files"][0]["content"].as_str().unwrap();
+        let join: Value = serde_yaml_ng::from_str(file).unwrap();
+        join["nodeRegistration"]["kubeletExtraArgs"]
             .as_array()
             .unwrap()
             .iter()
@@ -623,10 +641,40 @@ template:
                     a["value"].as_str().unwrap().into(),
                 )
             })
-            .collect();
-        assert_eq!(args["provider-id"], "kubevirt://workers-x1y2z");
-        assert_eq!(args["node-labels"], "tier=web,orrery.dev/nodepool=workers");
-        assert_eq!(args["max-pods"], "50");
+            .collect()
+    }
+
+    /// With the tenant's cloud controller on, the kubelet leaves the Node to it (and the Node
+    /// starts tainted uninitialised); without it, no such flag, whatever the user's flags say.
+    #[test]
+    fn the_kubelet_is_external_to_a_cloud_exactly_when_the_cloud_controller_runs() {
+        let token = BootstrapToken::generate();
+        for (enabled, user_flag, expected) in [
+            (true, None, Some("external")),
+            (false, None, None),
+            (true, Some("none"), Some("external")),
+            (false, Some("external"), Some("external")),
+        ] {
+            let mut p = pool(POOL);
+            if let Some(v) = user_flag {
+                p.spec
+                    .template
+                    .kubelet_extra_args
+                    .insert("cloud-provider".into(), v.into());
+            }
+            let m = MachineInputs {
+                external_cloud_provider: enabled,
+                ..inputs()
+            };
+            let text = user_data(&p, "workers-x1y2z", &token, &m).unwrap();
+            let flags = kubelet_flags(&text);
+            assert_eq!(
+                flags.get("cloud-provider").map(String::as_str),
+                expected,
+                "enabled {enabled}, user's flag {user_flag:?}"
+            );
+            assert_eq!(flags["provider-id"], "kubevirt://workers-x1y2z");
+        }
     }
 
     #[test]

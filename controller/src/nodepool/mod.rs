@@ -373,6 +373,7 @@ async fn converge(pool: &NodePool, ctx: &Context, seen: &mut Outcome) -> Result<
         image: &image,
         endpoint: &tenant.endpoint,
         ca_cert_hash: &tenant.ca_cert_hash,
+        external_cloud_provider: crate::addons::cloud::runs_for(&tenant.tcp, &ctx.settings),
     };
     for _ in 0..step.create {
         create_machine(pool, ctx, &tenant, &hash, &inputs, timeouts.startup).await?;
