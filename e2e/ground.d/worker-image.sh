@@ -124,9 +124,10 @@ stage_worker() { # tree
   # Each VM makes its own host keys (cloud-init's ssh module) and machine-id (systemd) at first boot.
   rm -f "$tree"/etc/ssh/ssh_host_*
   : >"$tree/etc/machine-id"
-  # The pod network's unit waits (as a path unit) for the node to join; see orrery-pod-network.
+  # The pod network's and the node address's units wait (as path units) for the node to join; see
+  # orrery-pod-network and orrery-node-address.
   chroot "$tree" systemctl --quiet enable systemd-networkd.service systemd-resolved.service containerd.service \
-    kubelet.service orrery-pod-network.path
+    kubelet.service orrery-pod-network.path orrery-node-address.path
   # Nothing to fetch from in a tenant's VM, and a node does not upgrade itself.
   chroot "$tree" systemctl --quiet mask apt-daily.timer apt-daily-upgrade.timer
 }
@@ -305,6 +306,7 @@ r kubeadm "$(kubeadm version -o short)"
 r kubectl "$(kubectl version --client | head -1)"
 r kubelet-unit "$(systemctl is-enabled kubelet)"
 r pod-network-unit "$(systemctl is-enabled orrery-pod-network.path) $(systemctl is-active orrery-pod-network.path)"
+r node-address-unit "$(systemctl is-enabled orrery-node-address.path) $(systemctl is-active orrery-node-address.path)"
 # A pod on the host network (no CNI configuration yet) from the preloaded sandbox image, with
 # containers of the preloaded kube-proxy image: runc under systemd's cgroups, as the kubelet runs
 # them. One prints kube-proxy's version, one (privileged, as kube-proxy runs) the guest's nat table
@@ -402,6 +404,7 @@ worker_check_verdict() { # report
   worker_expect "$log" "pod Kubernetes $KUBERNETES_VERSION"
   worker_expect "$log" "pod-iptables -P PREROUTING ACCEPT"
   worker_expect "$log" "pod-network-unit enabled active"
+  worker_expect "$log" "node-address-unit enabled active"
   worker_expect "$log" "modules br_netfilter overlay"
   worker_expect "$log" "sysctl 1 1"
   worker_expect "$log" "failed-units"
