@@ -307,6 +307,7 @@ fn rbac_is_least_privilege_without_wildcards() {
             ("", &["pods"], &["get", "list", "watch"]),
             ("events.k8s.io", &["events"], &["create", "patch"]),
             ("", &["namespaces"], &["get", "list", "watch"]),
+            ("", &["nodes"], &["get"]),
         ]),
         "ClusterRole rules"
     );
@@ -852,6 +853,11 @@ fn install_upgrade_uninstall_under_pod_security_restricted() {
         "running VMs are only observed"
     );
     assert!(!can(&["create", "namespaces"]));
+    assert!(can(&["get", "nodes"]), "a worker's zone and region");
+    assert!(
+        !can(&["patch", "nodes"]) && !can(&["list", "nodes"]),
+        "management Nodes are only read, one by one"
+    );
     assert!(!can(&["create", "clusterroles.rbac.authorization.k8s.io"]));
 
     let out = helm_ok(
