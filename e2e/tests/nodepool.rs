@@ -1,8 +1,9 @@
 //! NodePools on real KubeVirt: Orrery (installed with its chart) creates worker VMs from the
 //! worker image, they join a live tenant with kubeadm, run its pods and add-ons, scale, roll
 //! and heal; the delete annotation removes exactly its machine; deleting a pool or the tenant
-//! leaves nothing of it. Checked with real kubectl against the tenant and the management
-//! cluster.
+//! leaves nothing of it. The tenant's cloud controller initialises the workers' Nodes and serves
+//! a LoadBalancer Service that real curl reaches. Checked with real kubectl against the tenant
+//! and the management cluster.
 //!
 //! Needs the live tier with KubeVirt (`e2e/ground up --live`); fails, never skips, without it.
 //! At most two worker VMs boot at once (each takes about one core under emulation).
@@ -37,6 +38,13 @@ impl Tenant {
             self.run(args),
             &format!("tenant kubectl {}", args.join(" ")),
         )
+    }
+
+    /// Server-side applies one object in the tenant.
+    fn apply(&self, value: &Value) {
+        let file = std::env::temp_dir().join(format!("{}.json", unique_name("tenant-apply")));
+        std::fs::write(&file, value.to_string()).unwrap();
+        self.kubectl(&["apply", "--server-side", "-f", file.to_str().unwrap()]);
     }
 
     /// The Nodes of the pool `workers`: name → (Ready status, providerID).
@@ -247,6 +255,9 @@ async fn a_pool_joins_runs_pods_scales_rolls_heals_and_goes_with_its_tenant() {
             // get a range of their own, or the worker's kube-proxy would capture those IPs.
             "spec": {"version": "v1.34.4", "replicas": 1, "dataStore": datastore,
                      "network": {"serviceCIDR": "10.112.0.0/16"},
+                     // No load balancer on the ground: a tenant LoadBalancer Service gets the
+                     // cluster IP of its management Service, which the test host reaches.
+                     "addons": {"cloudController": {"loadBalancerServiceType": "ClusterIP"}},
                      "controlPlane": {"scheduling": live_scheduling()}}
         }),
     );
@@ -416,6 +427,11 @@ async fn a_pool_joins_runs_pods_scales_rolls_heals_and_goes_with_its_tenant() {
         exec.contains("CoreDNS-"),
         "kubectl exec through the tenant: {exec}"
     );
+
+    // The tenant's cloud controller initialised the worker's Node from its VM, and serves a
+    // LoadBalancer Service through a management Service.
+    check_node_initialised(&ground, &ns, &tenant, &first[0]);
+    check_load_balancer(&ground, &ns, &tenant, &why);
 
     // Scale to 2; the annotation the autoscaler sets removes exactly the first machine (a
     // replacement starts, as replicas is still 2); back at 1, the machine still booting goes
@@ -651,4 +667,234 @@ fn left_of(ground: &Ground, ns: &str, pool: &str) -> String {
     )
     .trim()
     .to_string()
+}
+
+/// The cloud controller has initialised worker `node`: the uninitialised taint is gone (the pods
+/// above could not have run otherwise, so this holds by now), the InternalIP is its VMI's address
+/// and the instance type names its shape.
+fn check_node_initialised(ground: &Ground, ns: &str, tenant: &Tenant, node: &str) {
+    let field =
+        |path: &str| tenant.kubectl(&["get", "node", node, "-o", &format!("jsonpath={path}")]);
+    let taints = field("{.spec.taints[*].key}");
+    assert!(
+        !taints.contains("node.cloudprovider.kubernetes.io/uninitialized"),
+        "the Node is still uninitialised: {taints}"
+    );
+    let vmi_ip = ground.kubectl(&[
+        "get",
+        "vmi",
+        node,
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.status.interfaces[0].ipAddress}",
+    ]);
+    assert!(!vmi_ip.is_empty(), "the VMI has no address");
+    assert_eq!(
+        field(r#"{.status.addresses[?(@.type=="InternalIP")].address}"#),
+        vmi_ip,
+        "the Node's InternalIP is its VM's address"
+    );
+    assert_eq!(
+        field(r"{.metadata.labels.node\.kubernetes\.io/instance-type}"),
+        "1c-1536Mi",
+        "the instance type names the VM's cores and memory"
+    );
+}
+
+/// A CoreDNS serving only its health endpoint on 8080 stands in for a web server (its image is
+/// preloaded on the workers).
+fn web_objects() -> [Value; 3] {
+    let config = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "web", "namespace": "default"},
+        "data": {"Corefile": ".:1053 {\n health :8080\n whoami\n}\n"}
+    });
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65534,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{
+                        "name": "web",
+                        "image": COREDNS_IMAGE,
+                        "imagePullPolicy": "IfNotPresent",
+                        "command": ["/coredns", "-conf", "/etc/coredns/Corefile"],
+                        "ports": [{"name": "http", "containerPort": 8080}],
+                        "readinessProbe": {"httpGet": {"path": "/health", "port": 8080}},
+                        "securityContext": {"allowPrivilegeEscalation": false,
+                                            "capabilities": {"drop": ["ALL"]}},
+                        "volumeMounts": [{"name": "config", "mountPath": "/etc/coredns"}]
+                    }],
+                    "volumes": [{"name": "config", "configMap": {"name": "web"}}]
+                }
+            }
+        }
+    });
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "selector": {"app": "web"},
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+    });
+    [config, deployment, service]
+}
+
+/// The management Service serving the tenant Service default/web: its cluster IP, or "".
+fn management_service_ip(ground: &Ground, ns: &str) -> String {
+    let out = ground.run(
+        "kubectl",
+        &[
+            "get",
+            "svc",
+            "-n",
+            ns,
+            "-l",
+            "orrery.dev/service-namespace=default,orrery.dev/service-name=web",
+            "-o",
+            "jsonpath={.items[*].spec.clusterIP}",
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The reasons of the Events about the tenant Service default/web.
+fn web_events(tenant: &Tenant) -> String {
+    let out = tenant.run(&[
+        "get",
+        "events",
+        "-n",
+        "default",
+        "--field-selector",
+        "involvedObject.kind=Service,involvedObject.name=web",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A tenant LoadBalancer Service gets the cluster IP of its management Service as its address,
+/// real curl from the test host reaches the pod behind it there, and deleting the Service
+/// deletes the management Service.
+fn check_load_balancer(ground: &Ground, ns: &str, tenant: &Tenant, why: &dyn Fn() -> String) {
+    let report = || {
+        let mut out = why();
+        for args in [
+            vec![
+                "get",
+                "svc",
+                "-n",
+                ns,
+                "-l",
+                "app.kubernetes.io/component=load-balancer",
+                "-o",
+                "yaml",
+            ],
+            vec![
+                "get",
+                "pods",
+                "-n",
+                ns,
+                "-l",
+                "kubevirt.io=virt-launcher",
+                "-o",
+                "wide",
+            ],
+        ] {
+            let o = ground.run("kubectl", &args);
+            out.push_str(&String::from_utf8_lossy(&o.stdout));
+        }
+        for args in [
+            vec![
+                "get",
+                "svc,endpointslices,pods",
+                "-n",
+                "default",
+                "-o",
+                "wide",
+            ],
+            vec!["describe", "svc", "web", "-n", "default"],
+        ] {
+            let o = tenant.run(&args);
+            out.push_str(&String::from_utf8_lossy(&o.stdout));
+            out.push_str(&String::from_utf8_lossy(&o.stderr));
+        }
+        out
+    };
+    let [config, deployment, service] = web_objects();
+    tenant.apply(&config);
+    tenant.apply(&deployment);
+    tenant.kubectl(&["rollout", "status", "deploy/web", "--timeout=180s"]);
+
+    let created = Instant::now();
+    tenant.apply(&service);
+    let mut address = String::new();
+    wait_until(
+        "the LoadBalancer Service's address",
+        Duration::from_secs(120),
+        &report,
+        || {
+            let out = tenant.run(&[
+                "get",
+                "svc",
+                "web",
+                "-o",
+                "jsonpath={.status.loadBalancer.ingress[0].ip}",
+            ]);
+            address = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            !address.is_empty()
+        },
+    );
+    assert_eq!(
+        address,
+        management_service_ip(ground, ns),
+        "the tenant Service's address is its management Service's cluster IP"
+    );
+    let url = format!("http://{address}:80/health");
+    // The last answer, for the report of a failed wait.
+    let answer = std::cell::RefCell::new(String::new());
+    wait_until(
+        "traffic through the LoadBalancer",
+        Duration::from_secs(120),
+        &|| format!("curl {url}: {:?}\n{}", answer.borrow(), report()),
+        || {
+            let out = std::process::Command::new("curl")
+                .args(["-sS", "--max-time", "5", &url])
+                .output()
+                .expect("curl on the test host");
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let ok = out.status.success() && said.trim() == "OK";
+            *answer.borrow_mut() = said;
+            ok
+        },
+    );
+    println!(
+        "nodepool: LoadBalancer Service created → traffic flows in {:.0} s",
+        created.elapsed().as_secs_f64()
+    );
+    let events = web_events(tenant);
+    for reason in ["EnsuringLoadBalancer", "EnsuredLoadBalancer"] {
+        assert!(events.contains(reason), "no {reason} event: {events}");
+    }
+
+    tenant.kubectl(&["delete", "svc", "web", "--wait=true", "--timeout=120s"]);
+    wait_until(
+        "the management Service gone with the tenant Service",
+        Duration::from_secs(60),
+        &report,
+        || {
+            management_service_ip(ground, ns).is_empty()
+                && web_events(tenant).contains("DeletedLoadBalancer")
+        },
+    );
 }
