@@ -103,7 +103,8 @@ async fn reconcile(tcp: Arc<TenantControlPlane>, state: Arc<State>) -> Result<Ac
                 info!("cloud controller switched off");
             }
             switch_off(&tcp, ctx).await?;
-            Ok(Action::await_change())
+            // Looked at again later: a task stopping just now may still have made something.
+            Ok(Action::requeue(ctx.settings.resync))
         }
         Plan::Run => {
             let kubeconfig = kubeconfig(&tcp, ctx).await?;
