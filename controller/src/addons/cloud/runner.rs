@@ -15,6 +15,7 @@ use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -88,12 +89,11 @@ impl Tenant {
 /// and a periodic sweep of management Services whose tenant Service is gone.
 pub async fn run(t: Arc<Tenant>, stop: CancellationToken) {
     info!(tenant = %t.place.tenant, namespace = %t.place.namespace, "cloud controller started");
-    let services = services::controller(&t);
-    let store = services.store();
+    let (services, store, listed) = services::controller(&t);
     tokio::join!(
         services::run(services, t.clone(), stop.clone()),
         nodes::run(t.clone(), stop.clone()),
-        sweep(t.clone(), store, stop.clone()),
+        sweep(t.clone(), store, listed, stop.clone()),
     );
     info!(tenant = %t.place.tenant, namespace = %t.place.namespace, "cloud controller stopped");
 }
@@ -101,10 +101,15 @@ pub async fn run(t: Arc<Tenant>, stop: CancellationToken) {
 /// Once the tenant's Services are listed, and then at every resync: deletes the management
 /// Services no tenant Service wants (deleted while no runner watched, or before it got the
 /// finalizer).
-async fn sweep(t: Arc<Tenant>, store: Store<Service>, stop: CancellationToken) {
+async fn sweep(
+    t: Arc<Tenant>,
+    store: Store<Service>,
+    mut listed: watch::Receiver<bool>,
+    stop: CancellationToken,
+) {
     tokio::select! {
         _ = stop.cancelled() => return,
-        listed = store.wait_until_ready() => if listed.is_err() { return },
+        ready = listed.wait_for(|l| *l) => if ready.is_err() { return },
     }
     loop {
         match release::sweep(&t, &store).await {

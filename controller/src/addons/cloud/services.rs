@@ -14,10 +14,12 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -26,11 +28,28 @@ const CONTROLLER: &str = "cloud-service";
 const WAITING: Duration = Duration::from_secs(30);
 const FAILED_RETRY: Duration = Duration::from_secs(10);
 
-/// The controller of the tenant's Services (its store also feeds the sweep).
-pub fn controller(t: &Tenant) -> Controller<Service> {
-    Controller::new(
+/// The controller of the tenant's Services, with its store and a signal that the store holds a
+/// first full list (both for the sweep). The signal is ours: a store's own `wait_until_ready`
+/// wakes only its last waiter, and the controller waits there itself.
+pub fn controller(t: &Tenant) -> (Controller<Service>, Store<Service>, watch::Receiver<bool>) {
+    let (reader, writer) = reflector::store();
+    let (listed, listed_rx) = watch::channel(false);
+    let services = watcher(
         Api::<Service>::all(t.client.clone()),
         watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .inspect(move |event| {
+        if matches!(event, Ok(watcher::Event::InitDone)) {
+            listed.send_replace(true);
+        }
+    })
+    .applied_objects();
+    (
+        Controller::for_stream(services, reader.clone()),
+        reader,
+        listed_rx,
     )
 }
 
