@@ -436,17 +436,16 @@ pub fn run_with_trigger(
     reconcile_all: impl Stream<Item = ()> + Send + 'static,
 ) -> BoxFuture<'static, ()> {
     let client = ctx.client.clone();
-    let writer = ctx.stores.take_tenants_writer();
-    let reader = writer.as_reader();
-    let tenants = reflector::reflector(
-        writer,
-        watcher(
+    let feed = ctx.stores.take_tenants_feed();
+    let reader = feed.reader();
+    let tenants = feed
+        .reflect(watcher(
             Api::<TenantControlPlane>::all(client.clone()),
             watcher::Config::default(),
-        ),
-    )
-    .applied_objects()
-    .predicate_filter(crate::context::changed_by_user(), Default::default());
+        ))
+        .default_backoff()
+        .applied_objects()
+        .predicate_filter(crate::context::changed_by_user(), Default::default());
     let store = reader.clone();
     Controller::for_stream(tenants, reader)
         .owns_stream(crate::context::owned::<Deployment>(&client))
