@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use orrery::api::{NodePool, TenantControlPlane};
@@ -344,17 +344,16 @@ impl Bench {
 /// of its own (the TenantControlPlane controller, which feeds it there, would rewrite the
 /// stand-in statuses).
 async fn run_controller(ctx: Arc<Context>, shutdown: CancellationToken) {
-    let writer = ctx.stores.take_tenants_writer();
-    let tenants = reflector::reflector(
-        writer,
-        watcher(
+    let tenants = ctx
+        .stores
+        .take_tenants_feed()
+        .reflect(watcher(
             Api::<TenantControlPlane>::all(ctx.client.clone()),
             watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .applied_objects()
-    .for_each(|_| async {});
+        ))
+        .default_backoff()
+        .applied_objects()
+        .for_each(|_| async {});
     tokio::select! {
         () = tenants => {}
         () = orrery::nodepool::run(ctx, shutdown) => {}
