@@ -6,19 +6,19 @@ use crate::api::{DataStore, TenantControlPlane};
 use crate::apply::MANAGED_BY;
 use crate::etcd::EtcdPool;
 use crate::metrics::Metrics;
-use futures::FutureExt;
-use futures::future::{BoxFuture, Shared};
+use futures::{Stream, StreamExt};
 use kube::Resource;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::predicates;
 use kube::runtime::reflector::store::Writer;
-use kube::runtime::reflector::{Lookup, Store};
+use kube::runtime::reflector::{self, Lookup, Store};
 use kube::runtime::utils::Predicate;
 use kube::runtime::{WatchStreamExt, watcher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::watch;
 use tracing::warn;
 
 /// The repository of the worker images Orrery's own build makes.
@@ -116,75 +116,104 @@ pub fn changed_by_user<K: Resource + 'static>() -> impl Predicate<K> {
 
 /// Caches of the objects that reconcilers look up across kinds. Each store is filled by the
 /// controller of its kind, which watches that kind anyway (one watch per kind in the process):
-/// that controller takes the writer once at start.
+/// that controller takes the store's feed once at start.
 pub struct Stores {
     pub tenants: Store<TenantControlPlane>,
     pub datastores: Store<DataStore>,
-    tenants_listed: Listed,
-    datastores_listed: Listed,
-    tenants_writer: Mutex<Option<Writer<TenantControlPlane>>>,
-    datastores_writer: Mutex<Option<Writer<DataStore>>>,
+    tenants_listed: watch::Receiver<bool>,
+    datastores_listed: watch::Receiver<bool>,
+    tenants_feed: Mutex<Option<Feed<TenantControlPlane>>>,
+    datastores_feed: Mutex<Option<Feed<DataStore>>>,
 }
 
-/// Resolves once a store holds its first full list (false: its writer is gone). Shared, because
-/// a store's own `wait_until_ready` wakes only the waiter that polled it last: with several
-/// reconciles waiting at start, the others would wait for ever.
-type Listed = Shared<BoxFuture<'static, bool>>;
+/// What fills a store: its writer, and the signal that it holds a first full list.
+///
+/// The signal is ours rather than the store's own `wait_until_ready`, which wakes only the
+/// waiter that polled it last: the controller that owns the store waits on it too, so a
+/// reconcile waiting there as well could wait for ever.
+pub struct Feed<K: Lookup + Clone + 'static>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    writer: Writer<K>,
+    listed: watch::Sender<bool>,
+}
 
-fn listed<K>(store: &Store<K>) -> Listed
+impl<K> Feed<K>
 where
     K: Lookup + Clone + Send + Sync + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default + Send + Sync,
 {
-    let store = store.clone();
-    async move { store.wait_until_ready().await.is_ok() }
-        .boxed()
-        .shared()
+    fn new() -> (Self, Store<K>, watch::Receiver<bool>) {
+        let writer = Writer::default();
+        let reader = writer.as_reader();
+        let (listed, listed_rx) = watch::channel(false);
+        (Self { writer, listed }, reader, listed_rx)
+    }
+
+    /// The store these events fill.
+    pub fn reader(&self) -> Store<K> {
+        self.writer.as_reader()
+    }
+
+    /// Fills the store from `events` (a watcher's), passing them on; the first complete list
+    /// marks it listed.
+    pub fn reflect<S>(self, events: S) -> impl Stream<Item = S::Item> + Send
+    where
+        S: Stream<Item = watcher::Result<watcher::Event<K>>> + Send,
+    {
+        let listed = self.listed;
+        reflector::reflector(self.writer, events).inspect(move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone)) {
+                listed.send_replace(true);
+            }
+        })
+    }
 }
 
-async fn wait_listed(listed: &Listed, what: &str) -> Result<(), Error> {
-    if listed.clone().await {
-        Ok(())
-    } else {
-        Err(Error::Pending(format!("the {what} store is no longer fed")))
-    }
+async fn wait_listed(listed: &watch::Receiver<bool>, what: &str) -> Result<(), Error> {
+    let mut listed = listed.clone();
+    listed
+        .wait_for(|done| *done)
+        .await
+        .map(|_| ())
+        .map_err(|_| Error::Pending(format!("the {what} store is no longer fed")))
 }
 
 impl Default for Stores {
     fn default() -> Self {
-        let tenants = Writer::default();
-        let datastores = Writer::default();
-        let (tenants_reader, datastores_reader) = (tenants.as_reader(), datastores.as_reader());
+        let (tenants_feed, tenants, tenants_listed) = Feed::new();
+        let (datastores_feed, datastores, datastores_listed) = Feed::new();
         Self {
-            tenants_listed: listed(&tenants_reader),
-            datastores_listed: listed(&datastores_reader),
-            tenants: tenants_reader,
-            datastores: datastores_reader,
-            tenants_writer: Mutex::new(Some(tenants)),
-            datastores_writer: Mutex::new(Some(datastores)),
+            tenants,
+            datastores,
+            tenants_listed,
+            datastores_listed,
+            tenants_feed: Mutex::new(Some(tenants_feed)),
+            datastores_feed: Mutex::new(Some(datastores_feed)),
         }
     }
 }
 
-fn take<K: Lookup + Clone>(slot: &Mutex<Option<Writer<K>>>, what: &str) -> Writer<K>
+fn take<K: Lookup + Clone>(slot: &Mutex<Option<Feed<K>>>, what: &str) -> Feed<K>
 where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     slot.lock()
-        .expect("store writer lock")
+        .expect("store feed lock")
         .take()
         .unwrap_or_else(|| panic!("the {what} store is fed by one controller only"))
 }
 
 impl Stores {
-    /// The writer of the TenantControlPlane store, for the TenantControlPlane controller.
-    pub fn take_tenants_writer(&self) -> Writer<TenantControlPlane> {
-        take(&self.tenants_writer, "TenantControlPlane")
+    /// The feed of the TenantControlPlane store, for the TenantControlPlane controller.
+    pub fn take_tenants_feed(&self) -> Feed<TenantControlPlane> {
+        take(&self.tenants_feed, "TenantControlPlane")
     }
 
-    /// The writer of the DataStore store, for the DataStore controller.
-    pub fn take_datastores_writer(&self) -> Writer<DataStore> {
-        take(&self.datastores_writer, "DataStore")
+    /// The feed of the DataStore store, for the DataStore controller.
+    pub fn take_datastores_feed(&self) -> Feed<DataStore> {
+        take(&self.datastores_feed, "DataStore")
     }
 
     /// Waits until the TenantControlPlane store holds every tenant: before that, a missing tenant
@@ -224,25 +253,35 @@ where
 mod tests {
     use super::*;
 
-    /// Reconciles that start before the first list all go on once it arrives, not only the last
-    /// one to wait (which is all a store's own `wait_until_ready` wakes).
+    /// Reconciles that start before the first list all go on once it arrives, while the
+    /// controller owning the store waits on the store itself too (kube's own wait wakes only its
+    /// last waiter, so it must not be shared).
     #[tokio::test]
     async fn every_waiter_goes_on_once_the_store_is_listed() {
         let stores = Arc::new(Stores::default());
-        let waiters: Vec<_> = (0..4)
+        let mut waiters: Vec<_> = (0..4)
             .map(|_| {
                 let stores = stores.clone();
                 tokio::spawn(async move { stores.datastores_listed().await })
             })
             .collect();
+        let feed = stores.take_datastores_feed();
+        let own = feed.reader();
+        let owner = tokio::spawn(async move {
+            own.wait_until_ready()
+                .await
+                .map_err(|e| Error::Pending(e.to_string()))
+        });
+        waiters.push(owner);
         // Let every waiter poll (and register its waker) before the list arrives.
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }
         assert!(waiters.iter().all(|w| !w.is_finished()));
-        let mut writer = stores.take_datastores_writer();
-        writer.apply_watcher_event(&watcher::Event::Init);
-        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let events =
+            futures::stream::iter([Ok(watcher::Event::Init), Ok(watcher::Event::InitDone)]);
+        let passed: Vec<_> = feed.reflect(events).collect().await;
+        assert_eq!(passed.len(), 2, "the events pass on");
         for waiter in waiters {
             tokio::time::timeout(Duration::from_secs(5), waiter)
                 .await
@@ -253,9 +292,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_store_whose_writer_is_gone_is_an_error() {
+    async fn a_store_whose_feed_is_gone_is_an_error() {
         let stores = Stores::default();
-        drop(stores.take_tenants_writer());
+        drop(stores.take_tenants_feed());
         assert!(matches!(
             stores.tenants_listed().await,
             Err(Error::Pending(_))

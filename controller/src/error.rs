@@ -55,3 +55,20 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The outcome of a reconcile run through kube's finalizer helper. A finalizer removal that finds
+/// the object gone is no failure: a reconcile of an older cached copy (woken by a child's
+/// deletion) repeated the cleanup another reconcile had finished.
+pub fn finalized<T>(
+    result: std::result::Result<T, kube::runtime::finalizer::Error<Error>>,
+    gone: T,
+) -> Result<T> {
+    match result {
+        Err(kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(e)))
+            if e.code == 404 =>
+        {
+            Ok(gone)
+        }
+        other => other.map_err(|e| Error::Finalizer(Box::new(e))),
+    }
+}

@@ -155,6 +155,39 @@ impl Release {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Restarts the controller, as an upgrade does (a new pod), and waits for the new pod.
+    pub fn restart(&self) {
+        let deploy = format!("deploy/{}", self.name);
+        for args in [
+            vec!["rollout", "restart", &deploy, "-n", &self.namespace],
+            vec![
+                "rollout",
+                "status",
+                &deploy,
+                "-n",
+                &self.namespace,
+                "--timeout=180s",
+            ],
+        ] {
+            check(self.ground.run("kubectl", &args), "restart the controller");
+        }
+    }
+
+    /// How many reconciles of `controller` the running controller finished, from its metrics
+    /// (through the apiserver's Service proxy); None while they cannot be read.
+    pub fn reconciles_finished(&self, controller: &str) -> Option<u64> {
+        let path = format!(
+            "/api/v1/namespaces/{}/services/{}-metrics:8080/proxy/metrics",
+            self.namespace, self.name
+        );
+        let out = self.ground.run("kubectl", &["get", "--raw", &path]);
+        let series =
+            format!("orrery_reconcile_duration_seconds_count{{controller=\"{controller}\"}} ");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+    }
+
     /// Uninstalls the release and deletes its namespace; fails if helm does.
     pub fn uninstall(mut self) {
         self.uninstalled = true;

@@ -274,6 +274,20 @@ async fn a_pool_joins_runs_pods_scales_rolls_heals_and_goes_with_its_tenant() {
     };
     let why = || report(&ground, &ns, &release, &tenant);
 
+    // A restarted controller (an upgrade) finishes its first reconcile of a tenant already there.
+    release.restart();
+    wait_until(
+        "the restarted controller reconciled the tenant",
+        Duration::from_secs(120),
+        &why,
+        || {
+            release
+                .reconciles_finished("tenantcontrolplane")
+                .unwrap_or(0)
+                >= 1
+        },
+    );
+
     apply_json(&ground, &pool_yaml(&ns, 1, "1536Mi"));
     wait_until(
         "the pool refused in a restricted namespace",

@@ -63,14 +63,16 @@ async fn reconcile(tcp: Arc<TenantControlPlane>, ctx: Arc<Context>) -> Result<Ac
         reason: "TenantControlPlane is namespaced".into(),
     })?;
     let api = Api::<TenantControlPlane>::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, CLEANUP_FINALIZER, tcp, |event| async {
+    // Cleanups count as reconciles too (their failures are counted as errors).
+    let _timer = ctx.metrics.reconcile_started(CONTROLLER);
+    let result = finalizer(&api, CLEANUP_FINALIZER, tcp, |event| async {
         match event {
             FinalizerEvent::Apply(tcp) => reconcile_tenant(tcp, ctx.clone()).await,
             FinalizerEvent::Cleanup(tcp) => cleanup::cleanup(tcp, ctx.clone()).await,
         }
     })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .await;
+    crate::error::finalized(result, Action::await_change())
 }
 
 /// What a reconcile learnt besides the status: for Events and the next requeue.
@@ -89,7 +91,6 @@ struct Notes {
 /// Runs the pipeline, then finishes and writes the status and tells the user what they must
 /// know, in one place.
 async fn reconcile_tenant(tcp: Arc<TenantControlPlane>, ctx: Arc<Context>) -> Result<Action> {
-    let _timer = ctx.metrics.reconcile_started(CONTROLLER);
     let mut tracker = Tracker::new(&tcp, Time(jiff::Timestamp::now()));
     let mut notes = Notes {
         was_ready: tracker.is_ready(),
@@ -436,17 +437,16 @@ pub fn run_with_trigger(
     reconcile_all: impl Stream<Item = ()> + Send + 'static,
 ) -> BoxFuture<'static, ()> {
     let client = ctx.client.clone();
-    let writer = ctx.stores.take_tenants_writer();
-    let reader = writer.as_reader();
-    let tenants = reflector::reflector(
-        writer,
-        watcher(
+    let feed = ctx.stores.take_tenants_feed();
+    let reader = feed.reader();
+    let tenants = feed
+        .reflect(watcher(
             Api::<TenantControlPlane>::all(client.clone()),
             watcher::Config::default(),
-        ),
-    )
-    .applied_objects()
-    .predicate_filter(crate::context::changed_by_user(), Default::default());
+        ))
+        .default_backoff()
+        .applied_objects()
+        .predicate_filter(crate::context::changed_by_user(), Default::default());
     let store = reader.clone();
     Controller::for_stream(tenants, reader)
         .owns_stream(crate::context::owned::<Deployment>(&client))

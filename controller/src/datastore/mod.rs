@@ -215,18 +215,16 @@ fn datastores_of(
 /// Runs the DataStore controller until `shutdown` is cancelled. It feeds the DataStore store.
 pub fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> BoxFuture<'static, ()> {
     let client = ctx.client.clone();
-    let writer = ctx.stores.take_datastores_writer();
-    let reader = writer.as_reader();
-    let datastores = reflector::reflector(
-        writer,
-        watcher(
+    let feed = ctx.stores.take_datastores_feed();
+    let reader = feed.reader();
+    let datastores = feed
+        .reflect(watcher(
             Api::<DataStore>::all(client.clone()),
             watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .applied_objects()
-    .predicate_filter(crate::context::changed_by_user(), Default::default());
+        ))
+        .default_backoff()
+        .applied_objects()
+        .predicate_filter(crate::context::changed_by_user(), Default::default());
     let children = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
     let store = reader.clone();
     Controller::for_stream(datastores, reader)

@@ -63,14 +63,16 @@ const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
 async fn reconcile(pool: Arc<NodePool>, ctx: Arc<Context>) -> Result<Action> {
     let ns = pool.namespace().unwrap_or_default();
     let api = Api::<NodePool>::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, CLEANUP_FINALIZER, pool, |event| async {
+    // Cleanups count as reconciles too (their failures are counted as errors).
+    let _timer = ctx.metrics.reconcile_started(CONTROLLER);
+    let result = finalizer(&api, CLEANUP_FINALIZER, pool, |event| async {
         match event {
             FinalizerEvent::Apply(pool) => reconcile_pool(pool, ctx.clone()).await,
             FinalizerEvent::Cleanup(pool) => cleanup(pool, ctx.clone()).await,
         }
     })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .await;
+    crate::error::finalized(result, Action::await_change())
 }
 
 /// What a reconcile saw and did, for the status, Events and the next requeue.
@@ -85,7 +87,6 @@ struct Outcome {
 }
 
 async fn reconcile_pool(pool: Arc<NodePool>, ctx: Arc<Context>) -> Result<Action> {
-    let _timer = ctx.metrics.reconcile_started(CONTROLLER);
     let mut seen = Outcome::default();
     let result = converge(&pool, &ctx, &mut seen).await;
     let now = Time(Timestamp::now());
