@@ -399,6 +399,29 @@ pub struct AddonsSpec {
     /// LoadBalancer Services through Services of the management cluster.
     #[serde(default)]
     pub cloud_controller: CloudControllerSpec,
+    /// The upstream Kubernetes cluster-autoscaler, run by Orrery in the management cluster with
+    /// the tenant's admin kubeconfig: it scales the tenant's NodePools that have
+    /// `spec.autoscaling`, through the node-group API Orrery serves it (the `externalgrpc` cloud
+    /// provider).
+    #[serde(default)]
+    #[x_kube(validation = image_rule("spec.addons.clusterAutoscaler", "self.image"))]
+    pub cluster_autoscaler: ClusterAutoscalerSpec,
+}
+
+/// The tenant's cluster-autoscaler.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterAutoscalerSpec {
+    /// Whether Orrery runs a cluster-autoscaler for this tenant. Off by default: it is of use
+    /// only with NodePools that set `spec.autoscaling`. Switching it off deletes it; the pools
+    /// keep their replicas.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Image to run instead of the default, the upstream release of the tenant's minor version
+    /// (`<imageRegistry>/autoscaling/cluster-autoscaler:v1.34.5` for a v1.34 tenant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
 }
 
 /// The tenant's cloud controller.

@@ -36,6 +36,8 @@ pub struct Settings {
     /// Repository of the worker containerDisk images; a pool boots `<repository>:<version>`
     /// unless its template names an image.
     pub worker_image: String,
+    /// Where the operator serves the cluster-autoscaler API; `None` when it does not.
+    pub autoscaler: Option<crate::addons::autoscaler::ApiEndpoint>,
 }
 
 impl Default for Settings {
@@ -45,6 +47,7 @@ impl Default for Settings {
             resync: Duration::from_secs(300),
             tenant_access: true,
             worker_image: DEFAULT_WORKER_IMAGE.into(),
+            autoscaler: None,
         }
     }
 }
@@ -144,7 +147,8 @@ where
     K: Lookup + Clone + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Default + Send + Sync,
 {
-    fn new() -> (Self, Store<K>, watch::Receiver<bool>) {
+    /// A feed, the store it fills, and the signal that the store holds a first full list.
+    pub fn new() -> (Self, Store<K>, watch::Receiver<bool>) {
         let writer = Writer::default();
         let reader = writer.as_reader();
         let (listed, listed_rx) = watch::channel(false);
@@ -171,7 +175,8 @@ where
     }
 }
 
-async fn wait_listed(listed: &watch::Receiver<bool>, what: &str) -> Result<(), Error> {
+/// Waits until `listed` says the store holds a first full list.
+pub async fn wait_listed(listed: &watch::Receiver<bool>, what: &str) -> Result<(), Error> {
     let mut listed = listed.clone();
     listed
         .wait_for(|done| *done)

@@ -24,6 +24,8 @@ pub enum Error {
     /// Something the operation needs is still on its way; it is retried.
     #[error("waiting: {0}")]
     Pending(String),
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -45,6 +47,7 @@ impl Error {
             Error::DataStore(_) => "DataStore",
             Error::Io(_) => "Io",
             Error::Pending(_) => "Pending",
+            Error::Grpc(_) => "Grpc",
             Error::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),

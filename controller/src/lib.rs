@@ -4,9 +4,10 @@
 //! (certificates and kubeconfigs, pure), `datastore` (etcd for tenants), `controlplane` (the
 //! tenant control-plane objects, pure builders), `reconcile` (the TenantControlPlane controller),
 //! `nodepool` (the NodePool controller: KubeVirt worker VMs that join a tenant), `addons` (the
-//! tenant cloud controller, run from the management cluster), `conditions` (status conditions),
-//! `apply` (server-side apply of children), `metrics`, `runtime` (the `orrery` process: command
-//! line, client, leader election, supervisor) and `plugin` (the `kubectl orrery` plugin).
+//! tenant cloud controller and the cluster-autoscaler API, run from the management cluster),
+//! `conditions` (status conditions), `apply` (server-side apply of children), `metrics`,
+//! `runtime` (the `orrery` process: command line, client, leader election, supervisor) and
+//! `plugin` (the `kubectl orrery` plugin).
 
 pub mod addons;
 pub mod api;
@@ -44,6 +45,7 @@ pub const CONTROLLERS: &[(&str, RunController)] = &[
     ("datastore", datastore::run),
     ("nodepool", nodepool::run),
     ("cloud", addons::cloud::run),
+    ("cluster-autoscaler", addons::autoscaler::run),
 ];
 
 /// The one field manager Orrery uses for server-side apply.

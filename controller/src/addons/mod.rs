@@ -1,4 +1,6 @@
 //! Add-ons that Orrery runs for a tenant from the management cluster rather than inside it, so
-//! that management credentials never enter the tenant: [`cloud`], the tenant's cloud controller.
+//! that management credentials never enter the tenant: [`cloud`], the tenant's cloud controller,
+//! and [`autoscaler`], the cluster-autoscaler's node-group API and each tenant's autoscaler.
 
+pub mod autoscaler;
 pub mod cloud;

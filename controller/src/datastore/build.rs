@@ -380,21 +380,6 @@ fn pem_pair(kp: &KeyPairPem, ca: &KeyPairPem) -> BTreeMap<String, String> {
     ])
 }
 
-/// Keeps an existing key pair while it is valid for `profile`, otherwise issues a new one.
-fn keep_or_issue(
-    existing: Option<KeyPairPem>,
-    ca: &KeyPairPem,
-    profile: &CertProfile,
-    now: SystemTime,
-) -> Result<KeyPairPem> {
-    if let Some(kp) = existing
-        && pki::is_valid_for(&kp, ca, profile, now)
-    {
-        return Ok(kp);
-    }
-    Ok(pki::issue(ca, profile, now)?)
-}
-
 /// The key pairs a managed etcd has now (read from its Secrets).
 #[derive(Clone, Debug, Default)]
 pub struct ManagedPki {
@@ -431,9 +416,9 @@ pub fn managed_objects(
         usage: CertUsage::ServerAndClient,
         validity: MANAGED_LEAF_VALIDITY,
     };
-    let server = keep_or_issue(current.server, &ca, &server_profile, now)?;
+    let server = pki::keep_or_issue(current.server, &ca, &server_profile, now)?;
     let root_profile = CertProfile::client("root", &[], MANAGED_LEAF_VALIDITY);
-    let root = keep_or_issue(current.root, &ca, &root_profile, now)?;
+    let root = pki::keep_or_issue(current.root, &ca, &root_profile, now)?;
     let ca_data = BTreeMap::from([
         ("tls.crt".to_string(), ca.cert.clone()),
         ("tls.key".to_string(), ca.key.clone()),

@@ -413,6 +413,21 @@ pub fn is_valid_for(
     )
 }
 
+/// Keeps an existing key pair while [`is_valid_for`] says so, otherwise issues a new one.
+pub fn keep_or_issue(
+    existing: Option<KeyPairPem>,
+    ca: &KeyPairPem,
+    profile: &CertProfile,
+    now: SystemTime,
+) -> Result<KeyPairPem, PkiError> {
+    if let Some(kp) = existing
+        && is_valid_for(&kp, ca, profile, now)
+    {
+        return Ok(kp);
+    }
+    issue(ca, profile, now)
+}
+
 fn generate_ca_at(
     common_name: &str,
     validity: Duration,

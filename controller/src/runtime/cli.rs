@@ -24,7 +24,7 @@ pub enum Command {
     /// Print the CustomResourceDefinitions as YAML.
     Crds,
     /// Run the controllers.
-    Controller(ControllerArgs),
+    Controller(Box<ControllerArgs>),
 }
 
 /// Log line format.
@@ -131,9 +131,43 @@ pub struct ControllerArgs {
         value_parser = parse_image_registry,
     )]
     pub worker_image: String,
+
+    /// Address on which to serve the cluster-autoscaler's externalgrpc cloud-provider API (gRPC
+    /// with mutual TLS), such as 0.0.0.0:8443; not served when unset. Every replica serves it,
+    /// leader or not.
+    #[arg(
+        long,
+        env = "ORRERY_AUTOSCALER_ADDR",
+        value_name = "ADDR",
+        requires = "autoscaler_service"
+    )]
+    pub autoscaler_addr: Option<SocketAddr>,
+
+    /// The Service in front of the operator's pods through which tenants' autoscalers reach that
+    /// API, as NAME.NAMESPACE, on the port of --autoscaler-addr: its names are in the server
+    /// certificate and in each tenant's cloud-config, and the API's CA and server certificate
+    /// are Secrets in its namespace.
+    #[arg(
+        long,
+        env = "ORRERY_AUTOSCALER_SERVICE",
+        value_name = "NAME.NAMESPACE",
+        value_parser = parse_service
+    )]
+    pub autoscaler_service: Option<(String, String)>,
 }
 
 impl ControllerArgs {
+    /// Where the autoscaler API is served, when it is.
+    pub fn autoscaler(&self) -> Option<crate::addons::autoscaler::ApiEndpoint> {
+        let (addr, (service, namespace)) =
+            (self.autoscaler_addr?, self.autoscaler_service.clone()?);
+        Some(crate::addons::autoscaler::ApiEndpoint {
+            service,
+            namespace,
+            port: addr.port(),
+        })
+    }
+
     /// The controllers' settings.
     pub fn settings(&self) -> Settings {
         Settings {
@@ -141,6 +175,7 @@ impl ControllerArgs {
             resync: Duration::from_secs(self.resync_seconds),
             tenant_access: self.tenant_access,
             worker_image: self.worker_image.clone(),
+            autoscaler: self.autoscaler(),
         }
     }
 
@@ -219,6 +254,18 @@ fn parse_namespace(s: &str) -> Result<String, String> {
     }
 }
 
+/// A Service as `NAME.NAMESPACE`.
+fn parse_service(s: &str) -> Result<(String, String), String> {
+    match s.split_once('.') {
+        Some((name, namespace)) if is_dns_label(name) && is_dns_label(namespace) => {
+            Ok((name.to_owned(), namespace.to_owned()))
+        }
+        _ => Err(format!(
+            "{s:?} is not NAME.NAMESPACE of a Service, such as orrery-autoscaler.orrery-system"
+        )),
+    }
+}
+
 fn parse_lease_name(s: &str) -> Result<String, String> {
     if s.len() <= 253 && s.split('.').all(is_dns_label) {
         Ok(s.to_owned())
@@ -285,7 +332,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{args:?}: {e}"))
             .command
         {
-            Command::Controller(args) => args,
+            Command::Controller(args) => *args,
             other => panic!("{other:?}"),
         }
     }
@@ -334,6 +381,28 @@ mod tests {
         let settings = args.settings();
         assert_eq!(settings.image_registry, "registry.k8s.io");
         assert_eq!(settings.resync, Duration::from_secs(300));
+        assert_eq!(
+            settings.autoscaler, None,
+            "the autoscaler API is off by default"
+        );
+    }
+
+    #[test]
+    fn the_autoscaler_api_needs_its_address_and_service() {
+        let args = controller(&[
+            "--autoscaler-addr=0.0.0.0:8443",
+            "--autoscaler-service=orrery-autoscaler.orrery-system",
+        ]);
+        let api = args.settings().autoscaler.expect("served");
+        assert_eq!(api.address(), "orrery-autoscaler.orrery-system.svc:8443");
+        assert_eq!(api.namespace, "orrery-system");
+        refused(&["--autoscaler-addr=0.0.0.0:8443"], "--autoscaler-service");
+        for service in ["orrery", "Orrery.ns", "a.b.c", ".ns", "svc."] {
+            refused_value("--autoscaler-service", service);
+        }
+        refused_value("--autoscaler-addr", "8443");
+        let unused = controller(&["--autoscaler-service=orrery-autoscaler.orrery-system"]);
+        assert_eq!(unused.settings().autoscaler, None, "no address, not served");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! [`client`] (the kube client that counts its requests), [`http`] (metrics and health),
 //! [`leader`] (leader election on a Lease) and [`supervisor`] (the lifecycle of the controllers).
 //!
-//! `orrery controller` serves `/metrics`, `/healthz` and `/readyz`, waits to hold the
+//! `orrery controller` serves `/metrics`, `/healthz` and `/readyz` (and, with
+//! `--autoscaler-addr`, the cluster-autoscaler API, in every replica), waits to hold the
 //! leader-election Lease (unless `--leader-election=false`), then runs every controller of
 //! [`crate::CONTROLLERS`] until SIGTERM or SIGINT. On such a signal it stops the controllers
 //! (still renewing the Lease while they finish), releases the Lease so that a standby replica
@@ -33,7 +34,7 @@ pub fn main() -> ExitCode {
             print!("{}", crate::crdgen::crds_yaml());
             ExitCode::SUCCESS
         }
-        Command::Controller(args) => controller_main(args),
+        Command::Controller(args) => controller_main(*args),
     }
 }
 

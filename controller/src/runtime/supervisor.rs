@@ -1,5 +1,6 @@
-//! The lifecycle of `orrery controller`: start the HTTP server and the client, wait to lead, run
-//! every controller of [`crate::CONTROLLERS`] until a signal, then drain and release the Lease.
+//! The lifecycle of `orrery controller`: start the HTTP server, the client and (when asked for)
+//! the cluster-autoscaler API, wait to lead, run every controller of [`crate::CONTROLLERS`] until
+//! a signal, then drain and release the Lease.
 
 use super::REPORTER_NAME;
 use super::cli::ControllerArgs;
@@ -7,6 +8,7 @@ use super::client::infer_counting_client;
 use super::http::{self, Health, HttpServer, probe_apiserver};
 use super::leader::{LeaderElector, LeaseConfig, LeaseKeeper};
 use crate::RunController;
+use crate::addons::autoscaler;
 use crate::context::Context;
 use crate::metrics::Metrics;
 use futures::StreamExt;
@@ -61,6 +63,14 @@ pub async fn run(args: ControllerArgs, lease_namespace: Option<String>) -> ExitC
         }
     };
     tokio::spawn(probe_apiserver(client.clone(), health.clone()));
+    // Served by every replica, from before it leads: the Service may send a call to any.
+    let autoscaler_api = match start_autoscaler_api(&args, &client, &health, &shutdown).await {
+        Ok(api) => api,
+        Err(()) => {
+            http.stop().await;
+            return ExitCode::FAILURE;
+        }
+    };
 
     // Become the leader first, unless told not to.
     let mut keeper = None;
@@ -86,6 +96,7 @@ pub async fn run(args: ControllerArgs, lease_namespace: Option<String>) -> ExitC
         // Another replica may lead already: exit at once.
         Outcome::LeaseLost => ExitCode::FAILURE,
         Outcome::Stopped { ok } => {
+            let ok = stop_autoscaler_api(autoscaler_api, &shutdown).await && ok;
             http.stop().await;
             if ok {
                 info!("stopped");
@@ -93,6 +104,60 @@ pub async fn run(args: ControllerArgs, lease_namespace: Option<String>) -> ExitC
             } else {
                 ExitCode::FAILURE
             }
+        }
+    }
+}
+
+/// The autoscaler API's server task, when `--autoscaler-addr` asks for one. Its port is bound
+/// here, so a port in use fails the start. Should the server end before shutdown, the process
+/// stops (and its Deployment restarts it).
+async fn start_autoscaler_api(
+    args: &ControllerArgs,
+    client: &kube::Client,
+    health: &Arc<Health>,
+    shutdown: &CancellationToken,
+) -> Result<Option<JoinHandle<crate::Result<()>>>, ()> {
+    let (Some(addr), Some(api)) = (args.autoscaler_addr, args.autoscaler()) else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        error!(error = %e, "cannot listen on --autoscaler-addr {addr}");
+    })?;
+    let (client, health, shutdown) = (client.clone(), health.clone(), shutdown.clone());
+    Ok(Some(tokio::spawn(async move {
+        let served = autoscaler::server::serve(client, api, listener, shutdown.clone()).await;
+        if !shutdown.is_cancelled() {
+            error!(outcome = ?served, "the autoscaler API stopped before shutdown; exiting");
+            health.set_failed();
+            shutdown.cancel();
+        }
+        served
+    })))
+}
+
+/// Waits for the autoscaler API to stop (a few seconds for calls under way); false if it failed.
+async fn stop_autoscaler_api(
+    api: Option<JoinHandle<crate::Result<()>>>,
+    shutdown: &CancellationToken,
+) -> bool {
+    let Some(mut api) = api else {
+        return true;
+    };
+    shutdown.cancel();
+    match timeout(Duration::from_secs(5), &mut api).await {
+        Ok(Ok(Ok(()))) => true,
+        Ok(Ok(Err(e))) => {
+            error!(error = %e, "the autoscaler API failed");
+            false
+        }
+        Ok(Err(e)) => {
+            error!(error = %e, "the autoscaler API task failed");
+            false
+        }
+        Err(_) => {
+            warn!("the autoscaler API did not stop in time");
+            api.abort();
+            true
         }
     }
 }

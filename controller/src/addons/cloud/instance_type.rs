@@ -44,7 +44,7 @@ pub fn of_vmi(vmi: &VirtualMachineInstance) -> Option<String> {
 }
 
 /// Bytes in quantity `q` (`1536Mi`, `1.5Gi`, `2G`, `1073741824`).
-fn bytes(q: &str) -> Option<u128> {
+pub fn bytes(q: &str) -> Option<u128> {
     let split = q
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(q.len());
@@ -63,7 +63,8 @@ fn bytes(q: &str) -> Option<u128> {
     total.is_multiple_of(scale).then_some(total / scale)
 }
 
-fn size(bytes: u128) -> String {
+/// `bytes` as a quantity in the largest unit that holds it whole, such as `1536Mi`.
+pub fn size(bytes: u128) -> String {
     UNITS
         .iter()
         .find(|(_, n)| bytes >= *n && bytes.is_multiple_of(*n))
