@@ -107,6 +107,13 @@ fn find<'a>(docs: &'a [Value], k: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("the chart renders no {k}"))
 }
 
+/// The object of kind `k` named `name`.
+fn find_named<'a>(docs: &'a [Value], k: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| kind(d) == k && d["metadata"]["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("the chart renders no {k} {name}"))
+}
+
 fn strings(v: &Value) -> Vec<String> {
     v.as_sequence()
         .map(|s| {
@@ -273,6 +280,7 @@ fn rbac_is_least_privilege_without_wildcards() {
                 ],
                 &["get", "patch", "update"]
             ),
+            ("orrery.dev", &["nodepools/scale"], &["get", "update"]),
             (
                 "orrery.dev",
                 &[
@@ -487,7 +495,7 @@ fn rendered_objects_follow_the_spec() {
         deploy["spec"]["selector"]["matchLabels"]
     );
 
-    let svc = find(&docs, "Service");
+    let svc = find_named(&docs, "Service", "orrery-metrics");
     assert_eq!(
         svc["spec"]["ports"][0]["name"].as_str(),
         Some("http-metrics")
@@ -500,6 +508,41 @@ fn rendered_objects_follow_the_spec() {
     assert_eq!(
         svc["spec"]["selector"],
         deploy["spec"]["selector"]["matchLabels"]
+    );
+
+    // The cluster-autoscaler API: served by every pod, behind a Service of its own.
+    for arg in [
+        "--autoscaler-addr=0.0.0.0:8443",
+        "--autoscaler-service=orrery-autoscaler.orrery-system",
+    ] {
+        assert!(args.iter().any(|a| a == arg), "args {args:?} lack {arg}");
+    }
+    assert_eq!(c["ports"][1]["name"].as_str(), Some("grpc-autoscaler"));
+    assert_eq!(c["ports"][1]["containerPort"].as_u64(), Some(8443));
+    let api = find_named(&docs, "Service", "orrery-autoscaler");
+    assert_eq!(api["spec"]["ports"][0]["port"].as_u64(), Some(8443));
+    assert_eq!(
+        api["spec"]["ports"][0]["targetPort"].as_str(),
+        Some("grpc-autoscaler")
+    );
+    assert_eq!(
+        api["spec"]["selector"],
+        deploy["spec"]["selector"]["matchLabels"]
+    );
+    let docs = render(&["--set", "autoscaler.enabled=false"]);
+    let c = &find(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        !strings(&c["args"])
+            .iter()
+            .any(|a| a.starts_with("--autoscaler")),
+        "the API is served though switched off"
+    );
+    assert!(
+        !docs
+            .iter()
+            .any(|d| kind(d) == "Service"
+                && d["metadata"]["name"].as_str() == Some("orrery-autoscaler")),
+        "the API's Service rendered though switched off"
     );
 
     // One replica: no PodDisruptionBudget, which would block every drain.
@@ -535,7 +578,11 @@ fn rendered_objects_follow_the_spec() {
     ] {
         assert!(args.iter().any(|a| a == arg), "args {args:?} lack {arg}");
     }
-    assert!(find(&docs, "Service")["metadata"]["annotations"]["prometheus.io/scrape"].is_null());
+    assert!(
+        find_named(&docs, "Service", "orrery-metrics")["metadata"]["annotations"]
+            ["prometheus.io/scrape"]
+            .is_null()
+    );
 
     // The CRDs are templates, so that `helm upgrade` upgrades them.
     let docs = render(&[]);
@@ -789,6 +836,31 @@ fn install_upgrade_uninstall_under_pod_security_restricted() {
         "-n",
         &namespace,
     ]);
+    ground.kubectl(&[
+        "get",
+        "service",
+        &format!("{release}-autoscaler"),
+        "-n",
+        &namespace,
+    ]);
+    // The pods serve the cluster-autoscaler API: they made its CA and server certificate.
+    for secret in [
+        format!("{release}-autoscaler-ca"),
+        format!("{release}-autoscaler-server"),
+    ] {
+        let start = std::time::Instant::now();
+        while !ground
+            .run("kubectl", &["get", "secret", &secret, "-n", &namespace])
+            .status
+            .success()
+        {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "the operator made no Secret {secret}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    }
     ground.kubectl(&["get", "clusterrole,clusterrolebinding", &release]);
     ground.kubectl(&[
         "get",
@@ -819,6 +891,16 @@ fn install_upgrade_uninstall_under_pod_security_restricted() {
         "default"
     ]));
     assert!(can(&["create", "deployments.apps", "-n", "default"]));
+    assert!(
+        can(&[
+            "update",
+            "nodepools.orrery.dev",
+            "--subresource=scale",
+            "-n",
+            "default"
+        ]),
+        "the autoscaler API sets replicas through the scale subresource"
+    );
     assert!(can(&[
         "create",
         "leases.coordination.k8s.io",

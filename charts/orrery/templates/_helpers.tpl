@@ -86,3 +86,10 @@ metadata:
     helm.sh/resource-policy: keep
   {{- end }}
 {{- end }}
+
+{{/*
+Name of the Service of the cluster-autoscaler API (a DNS label).
+*/}}
+{{- define "orrery.autoscalerService" -}}
+{{- printf "%s-autoscaler" (include "orrery.fullname" . | trunc 52 | trimSuffix "-") }}
+{{- end }}
