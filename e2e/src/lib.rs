@@ -2,8 +2,10 @@
 //! and connect to its apiserver.
 //!
 //! The ground is located through `e2e/ground env`; a test never skips when the ground is missing,
-//! it fails and says how to start it. [`live`] holds what the tests of the live tier share.
+//! it fails and says how to start it. [`live`] holds what the tests of the live tier share;
+//! [`autoscaler`] connects to Orrery's cluster-autoscaler API as a tenant's autoscaler does.
 
+pub mod autoscaler;
 pub mod live;
 
 use anyhow::{Context as _, Result, bail};
@@ -362,4 +364,75 @@ impl Ground {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// Marks stand-in KubeVirt CRDs, so that KubeVirt's own are never replaced or deleted.
+pub const KUBEVIRT_STAND_IN_LABEL: &str = "orrery.dev/bench-stand-in";
+/// The KubeVirt kinds the stand-ins stand for: (kind, plural).
+const KUBEVIRT_KINDS: [(&str, &str); 2] = [
+    ("VirtualMachine", "virtualmachines"),
+    ("VirtualMachineInstance", "virtualmachineinstances"),
+];
+
+/// Whether the cluster has KubeVirt's own CRDs (not stand-ins).
+pub fn has_real_kubevirt(ground: &Ground) -> bool {
+    KUBEVIRT_KINDS.iter().any(|(_, plural)| {
+        let out = ground.run(
+            "kubectl",
+            &[
+                "get",
+                "crd",
+                &format!("{plural}.kubevirt.io"),
+                "-o",
+                &format!(
+                    "jsonpath={{.metadata.labels.{}}}",
+                    KUBEVIRT_STAND_IN_LABEL.replace('.', "\\.")
+                ),
+            ],
+        );
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() != "true"
+    })
+}
+
+/// Applies stand-in CRDs for KubeVirt's VirtualMachine and VirtualMachineInstance that keep any
+/// field, so VMs are objects and nothing boots; for grounds without KubeVirt (check
+/// [`has_real_kubevirt`] first).
+pub fn install_kubevirt_stand_ins(ground: &Ground) {
+    for (kind, plural) in KUBEVIRT_KINDS {
+        let crd = format!("{plural}.kubevirt.io");
+        let manifest = serde_json::json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": crd, "labels": {KUBEVIRT_STAND_IN_LABEL: "true"}},
+            "spec": {
+                "group": "kubevirt.io", "scope": "Namespaced",
+                "names": {"kind": kind, "plural": plural, "singular": kind.to_lowercase(), "listKind": format!("{kind}List")},
+                "versions": [{
+                    "name": "v1", "served": true, "storage": true,
+                    "subresources": {"status": {}},
+                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}
+                }]
+            }
+        });
+        ground.kubectl_apply(&manifest.to_string());
+        ground.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            &format!("crd/{crd}"),
+        ]);
+    }
+}
+
+/// Deletes the stand-in KubeVirt CRDs (only those carrying the stand-in label).
+pub fn remove_kubevirt_stand_ins(ground: &Ground) {
+    let _ = ground.run(
+        "kubectl",
+        &[
+            "delete",
+            "crd",
+            "-l",
+            &format!("{KUBEVIRT_STAND_IN_LABEL}=true"),
+            "--wait=false",
+        ],
+    );
 }

@@ -31,7 +31,10 @@ use orrery::context::{Context, Settings};
 use orrery::metrics::{self, Metrics};
 use orrery::nodepool::build::POOL_LABEL;
 use orrery::nodepool::kubevirt::VirtualMachine;
-use orrery_e2e::{Ground, eventually, install_crds, unique_name};
+use orrery_e2e::{
+    Ground, eventually, has_real_kubevirt, install_crds, install_kubevirt_stand_ins,
+    remove_kubevirt_stand_ins, unique_name,
+};
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use std::collections::{BTreeMap, HashSet};
@@ -41,8 +44,6 @@ use tokio_util::sync::CancellationToken;
 
 /// The label the controller puts on a bootstrap token naming its pool's namespace.
 const POOL_NAMESPACE_LABEL: &str = "orrery.dev/pool-namespace";
-/// Marks the stand-in KubeVirt CRDs, so that real ones are never replaced or deleted.
-const STAND_IN_LABEL: &str = "orrery.dev/bench-stand-in";
 const TENANT_VERSION: &str = "v1.34.4";
 /// How long after the last machine appeared the memory is read: past the controller's 10 s
 /// requeue of pools whose machines have not joined, so a steady round is included.
@@ -68,7 +69,13 @@ async fn main() -> Result<()> {
     let ground = Ground::get()?;
     ground.ensure_running()?;
     install_crds(&ground);
-    let stand_ins = install_kubevirt_stand_ins(&ground)?;
+    if has_real_kubevirt(&ground) {
+        bail!(
+            "KubeVirt's own CRDs are installed: this benchmark is for the kwok tier (e2e/ground up without --live)"
+        );
+    }
+    install_kubevirt_stand_ins(&ground);
+    let stand_ins = true;
     let bench = Bench::start(ground).await?;
     // Memory first, from a heap no earlier round has grown.
     let memory = bench.round("mem", |ns| bench.memory(ns, tenants)).await;
@@ -436,74 +443,6 @@ async fn create_pool(client: &Client, ns: &str, i: usize, replicas: usize) -> Re
         .create(&PostParams::default(), &pool)
         .await?;
     Ok(())
-}
-
-/// Applies stand-in CRDs for KubeVirt's VirtualMachine and VirtualMachineInstance, unless the
-/// cluster has KubeVirt's own (then this is not the kwok tier: fail). Returns whether it applied
-/// them.
-fn install_kubevirt_stand_ins(ground: &Ground) -> Result<bool> {
-    let kinds = [
-        ("VirtualMachine", "virtualmachines"),
-        ("VirtualMachineInstance", "virtualmachineinstances"),
-    ];
-    let mut applied = false;
-    for (kind, plural) in kinds {
-        let crd = format!("{plural}.kubevirt.io");
-        let out = ground.run(
-            "kubectl",
-            &[
-                "get",
-                "crd",
-                &crd,
-                "-o",
-                &format!(
-                    "jsonpath={{.metadata.labels.{}}}",
-                    STAND_IN_LABEL.replace('.', "\\.")
-                ),
-            ],
-        );
-        if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() != "true" {
-            bail!(
-                "{crd} is KubeVirt's own: this benchmark is for the kwok tier (e2e/ground up without --live)"
-            );
-        }
-        let manifest = json!({
-            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-            "metadata": {"name": crd, "labels": {STAND_IN_LABEL: "true"}},
-            "spec": {
-                "group": "kubevirt.io", "scope": "Namespaced",
-                "names": {"kind": kind, "plural": plural, "singular": kind.to_lowercase(), "listKind": format!("{kind}List")},
-                "versions": [{
-                    "name": "v1", "served": true, "storage": true,
-                    "subresources": {"status": {}},
-                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}
-                }]
-            }
-        });
-        ground.kubectl_apply(&manifest.to_string());
-        ground.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            &format!("crd/{crd}"),
-        ]);
-        applied = true;
-    }
-    Ok(applied)
-}
-
-/// Deletes the stand-in KubeVirt CRDs (only those carrying the stand-in label).
-fn remove_kubevirt_stand_ins(ground: &Ground) {
-    let _ = ground.run(
-        "kubectl",
-        &[
-            "delete",
-            "crd",
-            "-l",
-            &format!("{STAND_IN_LABEL}=true"),
-            "--wait=false",
-        ],
-    );
 }
 
 /// The counters of the controller at one moment.
