@@ -455,6 +455,11 @@ async fn bad_tenant_specs_are_refused_on_create() {
                 with(json!({"addons": {"konnectivity": {"image": format!("agent@sha512:{digest}")}}})),
                 "spec.addons.konnectivity.image must be an image reference",
             ),
+            (
+                "cluster-autoscaler image with a space",
+                with(json!({"addons": {"clusterAutoscaler": {"enabled": true, "image": "cluster autoscaler"}}})),
+                "spec.addons.clusterAutoscaler.image must be an image reference",
+            ),
         ])
         .collect();
     assert!(cases.len() >= 60);
@@ -499,7 +504,8 @@ async fn good_tenant_specs_and_the_examples_are_accepted() {
                     "scheduler": {"image": format!("registry.k8s.io/kube-scheduler:v1.34.4@sha256:{digest}")},
                     "konnectivityServer": {"image": "localhost:5000/proxy_server__x--y"}
                 },
-                "addons": {"coreDNS": {"image": "coredns/coredns:1.12.1"}, "kubeProxy": {"image": format!("kube-proxy@sha256:{digest}")}}
+                "addons": {"coreDNS": {"image": "coredns/coredns:1.12.1"}, "kubeProxy": {"image": format!("kube-proxy@sha256:{digest}")},
+                           "clusterAutoscaler": {"enabled": true, "image": "registry.k8s.io/autoscaling/cluster-autoscaler:v1.34.5"}}
             }),
         ),
         (

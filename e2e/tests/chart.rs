@@ -201,6 +201,7 @@ fn helm_lint_strict_passes() {
         ][..],
         &["--set", "crds.install=false"][..],
         &["--set", "crds.keep=false"][..],
+        &["--set", "autoscaler.enabled=false"][..],
     ] {
         let mut args = vec!["lint", "--strict", chart.as_str()];
         args.extend_from_slice(extra);
@@ -233,6 +234,9 @@ fn schema_rejects_bad_values() {
         "crds.noSuchField=1",
         "workerImage=https://registry/worker",
         "workerImage=orrery.dev/worker:v1.34.4",
+        "autoscaler.port=0",
+        "autoscaler.port=8080",
+        "autoscaler.noSuchField=1",
     ] {
         let out = helm(&["template", "orrery", chart.as_str(), "--set", bad]);
         assert!(!out.status.success(), "helm template accepted --set {bad}");
