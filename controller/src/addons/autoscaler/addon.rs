@@ -19,7 +19,8 @@ use kube::api::{Api, DeleteParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use std::sync::Arc;
@@ -66,17 +67,42 @@ pub fn plan(tcp: &TenantControlPlane, settings: &Settings) -> Plan {
     }
 }
 
+/// The controller's state: the process context, and what autoscaler objects exist (their
+/// metadata, from the watches that also wake the controller when one changes).
+struct State {
+    ctx: Arc<Context>,
+    deployments: Store<PartialObjectMeta<Deployment>>,
+    secrets: Store<PartialObjectMeta<Secret>>,
+}
+
+impl State {
+    /// Whether `tcp` has an autoscaler Deployment or Secret.
+    fn has_objects(&self, tcp: &TenantControlPlane) -> bool {
+        let name = deploy::name(tcp);
+        let ns = tcp.namespace().unwrap_or_default();
+        self.deployments
+            .get(&ObjectRef::new(&name).within(&ns))
+            .is_some()
+            || self
+                .secrets
+                .get(&ObjectRef::new(&name).within(&ns))
+                .is_some()
+    }
+}
+
 #[instrument(skip_all, fields(tenant = %tcp.name_any(), namespace = tcp.namespace().unwrap_or_default()))]
-async fn reconcile(tcp: Arc<TenantControlPlane>, ctx: Arc<Context>) -> Result<Action> {
+async fn reconcile(tcp: Arc<TenantControlPlane>, state: Arc<State>) -> Result<Action> {
+    let ctx = &state.ctx;
     let _timer = ctx.metrics.reconcile_started(CONTROLLER);
     match plan(&tcp, &ctx.settings) {
         Plan::Run(api) => {
-            deploy(&tcp, &ctx, &api).await?;
+            deploy(&tcp, ctx, &api).await?;
             // A renewed kubeconfig or a certificate due for renewal is noticed at the resync.
             Ok(Action::requeue(ctx.settings.resync))
         }
+        // Most tenants have none: nothing is asked of the apiserver for them.
         Plan::Off => {
-            if remove(&tcp, &ctx).await? {
+            if state.has_objects(&tcp) && remove(&tcp, ctx).await? {
                 info!("cluster-autoscaler switched off: removed");
             }
             Ok(Action::await_change())
@@ -168,9 +194,12 @@ async fn remove(tcp: &TenantControlPlane, ctx: &Context) -> Result<bool> {
     Ok(deployment || secret)
 }
 
-fn error_policy(tcp: Arc<TenantControlPlane>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(tcp: Arc<TenantControlPlane>, error: &Error, state: Arc<State>) -> Action {
     warn!(tenant = %tcp.name_any(), %error, "cluster-autoscaler reconcile failed");
-    ctx.metrics.reconcile_failed(CONTROLLER, error.category());
+    state
+        .ctx
+        .metrics
+        .reconcile_failed(CONTROLLER, error.category());
     Action::requeue(FAILED_RETRY)
 }
 
@@ -180,10 +209,11 @@ fn owning_tenant<K: Resource>(obj: PartialObjectMeta<K>) -> Option<ObjectRef<Ten
     Some(ObjectRef::new(tenant).within(&obj.namespace()?))
 }
 
-/// Changes of the autoscaler objects of kind `K` (metadata only), so a deleted or edited one is
-/// restored at once.
+/// Changes of the autoscaler objects of kind `K` (metadata only), kept in `writer`'s store, so a
+/// deleted or edited one is restored at once.
 fn ours<K>(
     client: &kube::Client,
+    writer: Writer<PartialObjectMeta<K>>,
 ) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
 where
     K: Resource<DynamicType = ()>
@@ -203,20 +233,31 @@ where
         watcher::Config::default().labels(&selector),
     )
     .default_backoff()
+    .reflect(writer)
     .touched_objects()
 }
 
 /// Runs the controller until `shutdown` is cancelled.
 pub fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> BoxFuture<'static, ()> {
     let client = ctx.client.clone();
+    let (deployments, deployments_writer) = reflector::store();
+    let (secrets, secrets_writer) = reflector::store();
+    let state = Arc::new(State {
+        ctx,
+        deployments,
+        secrets,
+    });
     Controller::new(
         Api::<TenantControlPlane>::all(client.clone()),
         watcher::Config::default(),
     )
-    .watches_stream(ours::<Deployment>(&client), owning_tenant)
-    .watches_stream(ours::<Secret>(&client), owning_tenant)
+    .watches_stream(
+        ours::<Deployment>(&client, deployments_writer),
+        owning_tenant,
+    )
+    .watches_stream(ours::<Secret>(&client, secrets_writer), owning_tenant)
     .graceful_shutdown_on(shutdown.cancelled_owned())
-    .run(reconcile, error_policy, ctx)
+    .run(reconcile, error_policy, state)
     .for_each(|res| async move {
         if let Err(e) = res {
             tracing::debug!(error = %e, "controller event");
