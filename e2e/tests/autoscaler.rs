@@ -250,6 +250,20 @@ async fn tenant_client(
         .await
 }
 
+/// The tenants, their pools and machines, the API and add-on in this process, and each tenant's
+/// client.
+struct Scene {
+    client: Client,
+    ns: String,
+    operator_ns: String,
+    api: ApiEndpoint,
+    alpha: client_side::Client,
+    beta: client_side::Client,
+    /// alpha's group of two machines (1 to 4), and its group at zero (0 to 3).
+    workers: String,
+    zero: String,
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_autoscaler_api_scales_a_tenants_own_pools() -> Result<()> {
     let ground = Ground::get()?;
@@ -268,7 +282,24 @@ async fn the_autoscaler_api_scales_a_tenants_own_pools() -> Result<()> {
         stand_ins,
         shutdown: shutdown.clone(),
     };
+    let s = scene(client, ns, operator_ns, &shutdown).await?;
+    check_deployment(&s.client, &s.ns).await?;
+    the_autoscaler_loop(&s).await?;
+    scale_from_zero(&s).await?;
+    scale_down(&s).await?;
+    other_tenants_are_out_of_reach(&s).await?;
+    check_strangers_refused(&s.client, &s.ns, &s.api).await?;
+    switch_off(&s).await
+}
 
+/// Two tenants in `ns`, alpha with three pools (two autoscaled) and beta with one, machines as
+/// a pool controller would have made them, then Orrery and the tenants' clients.
+async fn scene(
+    client: Client,
+    ns: String,
+    operator_ns: String,
+    shutdown: &CancellationToken,
+) -> Result<Scene> {
     for tenant in ["alpha", "beta"] {
         stand_in_tenant(&client, &ns, tenant).await?;
     }
@@ -294,12 +325,22 @@ async fn the_autoscaler_api_scales_a_tenants_own_pools() -> Result<()> {
     )
     .await?;
 
-    let api = start_orrery(&client, &operator_ns, &shutdown).await?;
-    let mut alpha = tenant_client(&client, &ns, "alpha", &api).await?;
-    let mut beta = tenant_client(&client, &ns, "beta", &api).await?;
-    check_deployment(&client, &ns).await?;
+    let api = start_orrery(&client, &operator_ns, shutdown).await?;
+    Ok(Scene {
+        alpha: tenant_client(&client, &ns, "alpha", &api).await?,
+        beta: tenant_client(&client, &ns, "beta", &api).await?,
+        workers: format!("{ns}/alpha-workers"),
+        zero: format!("{ns}/alpha-zero"),
+        client,
+        ns,
+        operator_ns,
+        api,
+    })
+}
 
-    // The autoscaler's loop: Refresh, NodeGroups, the group of every node, then each group.
+/// The autoscaler's loop: Refresh, NodeGroups, the group of every node, then each group.
+async fn the_autoscaler_loop(s: &Scene) -> Result<()> {
+    let (ns, mut alpha) = (&s.ns, s.alpha.clone());
     // The first calls may come before the operator's watches have listed everything.
     eventually("the API to answer", WAIT, || {
         let mut alpha = alpha.clone();
@@ -360,7 +401,13 @@ async fn the_autoscaler_api_scales_a_tenants_own_pools() -> Result<()> {
         ]
     );
 
-    // Scale from zero: the template of the empty group, then two nodes more.
+    Ok(())
+}
+
+/// Scale from zero: the template of the empty group, then two nodes more, and back by one.
+async fn scale_from_zero(s: &Scene) -> Result<()> {
+    let (client, ns, zero) = (&s.client, &s.ns, &s.zero);
+    let mut alpha = s.alpha.clone();
     let template = alpha
         .node_group_template_node_info(NodeGroupTemplateNodeInfoRequest { id: zero.clone() })
         .await?
@@ -391,7 +438,7 @@ async fn the_autoscaler_api_scales_a_tenants_own_pools() -> Result<()> {
         })
         .await?;
     assert_eq!(
-        replicas(&client, &ns, "alpha-zero").await?,
+        replicas(client, ns, "alpha-zero").await?,
         2,
         "the scale subresource was set"
     );
@@ -410,7 +457,7 @@ async fn the_autoscaler_api_scales_a_tenants_own_pools() -> Result<()> {
         Code::OutOfRange,
     );
     assert!(message.contains("maximum 3"), "{message}");
-    assert_eq!(replicas(&client, &ns, "alpha-zero").await?, 2);
+    assert_eq!(replicas(client, ns, "alpha-zero").await?, 2);
     alpha
         .node_group_decrease_target_size(NodeGroupDecreaseTargetSizeRequest {
             id: zero.clone(),
@@ -418,52 +465,58 @@ async fn the_autoscaler_api_scales_a_tenants_own_pools() -> Result<()> {
         })
         .await?;
     assert_eq!(
-        replicas(&client, &ns, "alpha-zero").await?,
+        replicas(client, ns, "alpha-zero").await?,
         1,
         "capacity never created may go"
     );
 
-    // Scale down: exactly the named node goes, in one call with the lower replicas.
+    Ok(())
+}
+
+/// Scale down: exactly the named node goes, in one call with the lower replicas.
+async fn scale_down(s: &Scene) -> Result<()> {
+    let (client, ns, workers) = (&s.client, &s.ns, &s.workers);
+    let mut alpha = s.alpha.clone();
     let delete = |id: &str, names: &[&str]| NodeGroupDeleteNodesRequest {
         id: id.into(),
         nodes: names.iter().map(|n| node(n)).collect(),
     };
     alpha
-        .node_group_delete_nodes(delete(&workers, &["alpha-workers-aaaaa"]))
+        .node_group_delete_nodes(delete(workers, &["alpha-workers-aaaaa"]))
         .await?;
     assert!(
-        marked(&client, &ns, "alpha-workers-aaaaa").await?,
+        marked(client, ns, "alpha-workers-aaaaa").await?,
         "the named machine is marked"
     );
     assert!(
-        !marked(&client, &ns, "alpha-workers-bbbbb").await?,
+        !marked(client, ns, "alpha-workers-bbbbb").await?,
         "and no other"
     );
-    assert_eq!(replicas(&client, &ns, "alpha-workers").await?, 1);
+    assert_eq!(replicas(client, ns, "alpha-workers").await?, 1);
     alpha
-        .node_group_delete_nodes(delete(&workers, &["alpha-workers-aaaaa"]))
+        .node_group_delete_nodes(delete(workers, &["alpha-workers-aaaaa"]))
         .await?;
     assert_eq!(
-        replicas(&client, &ns, "alpha-workers").await?,
+        replicas(client, ns, "alpha-workers").await?,
         1,
         "asking again changes nothing"
     );
-    let states = instance_states(&mut alpha, &workers).await?;
+    let states = instance_states(&mut alpha, workers).await?;
     assert_eq!(states[0].1, InstanceState::InstanceDeleting);
     let message = refused(
         alpha
-            .node_group_delete_nodes(delete(&workers, &["alpha-workers-bbbbb"]))
+            .node_group_delete_nodes(delete(workers, &["alpha-workers-bbbbb"]))
             .await,
         Code::OutOfRange,
     );
     assert!(message.contains("minimum 1"), "{message}");
     assert!(
-        !marked(&client, &ns, "alpha-workers-bbbbb").await?,
+        !marked(client, ns, "alpha-workers-bbbbb").await?,
         "nothing marked when refused"
     );
     refused(
         alpha
-            .node_group_delete_nodes(delete(&workers, &["beta-workers-ccccc"]))
+            .node_group_delete_nodes(delete(workers, &["beta-workers-ccccc"]))
             .await,
         Code::InvalidArgument,
     );
@@ -477,12 +530,19 @@ async fn the_autoscaler_api_scales_a_tenants_own_pools() -> Result<()> {
         Code::FailedPrecondition,
     );
     assert_eq!(
-        replicas(&client, &ns, "alpha-workers").await?,
+        replicas(client, ns, "alpha-workers").await?,
         1,
         "an existing machine stays"
     );
 
-    // Another tenant's groups are out of reach, in its namespace or another.
+    Ok(())
+}
+
+/// Another tenant's groups are out of reach, in its namespace or another; what Orrery does not
+/// offer is Unimplemented, which the autoscaler accepts.
+async fn other_tenants_are_out_of_reach(s: &Scene) -> Result<()> {
+    let (client, ns, operator_ns, workers) = (&s.client, &s.ns, &s.operator_ns, &s.workers);
+    let (mut alpha, mut beta) = (s.alpha.clone(), s.beta.clone());
     let theirs = format!("{ns}/beta-workers");
     refused(
         target_size(&alpha, theirs.clone())
@@ -511,7 +571,7 @@ async fn the_autoscaler_api_scales_a_tenants_own_pools() -> Result<()> {
             .map(tonic::Response::new),
         Code::NotFound,
     );
-    assert_eq!(replicas(&client, &ns, "beta-workers").await?, 1);
+    assert_eq!(replicas(client, ns, "beta-workers").await?, 1);
     let beta_groups = beta
         .node_groups(NodeGroupsRequest {})
         .await?
@@ -525,7 +585,6 @@ async fn the_autoscaler_api_scales_a_tenants_own_pools() -> Result<()> {
         [theirs.as_str()]
     );
 
-    // What Orrery does not offer is Unimplemented, which the autoscaler accepts.
     refused(
         alpha.gpu_label(GpuLabelRequest {}).await,
         Code::Unimplemented,
@@ -553,10 +612,13 @@ async fn the_autoscaler_api_scales_a_tenants_own_pools() -> Result<()> {
     );
     alpha.cleanup(CleanupRequest {}).await?;
 
-    check_strangers_refused(&client, &ns, &api).await?;
+    Ok(())
+}
 
-    // Switched off, the tenant's autoscaler goes.
-    Api::<TenantControlPlane>::namespaced(client.clone(), &ns)
+/// Switched off, the tenant's autoscaler goes, and the other tenant's stays.
+async fn switch_off(s: &Scene) -> Result<()> {
+    let (client, ns) = (&s.client, &s.ns);
+    Api::<TenantControlPlane>::namespaced(client.clone(), ns)
         .patch(
             "alpha",
             &PatchParams::default(),
@@ -564,18 +626,18 @@ async fn the_autoscaler_api_scales_a_tenants_own_pools() -> Result<()> {
         )
         .await?;
     eventually("alpha's autoscaler to be removed", WAIT, || async {
-        let d = Api::<Deployment>::namespaced(client.clone(), &ns)
+        let d = Api::<Deployment>::namespaced(client.clone(), ns)
             .get_opt("alpha-cluster-autoscaler")
             .await
             .ok()?;
-        let s = Api::<Secret>::namespaced(client.clone(), &ns)
+        let s = Api::<Secret>::namespaced(client.clone(), ns)
             .get_opt("alpha-cluster-autoscaler")
             .await
             .ok()?;
         (d.is_none() && s.is_none()).then_some(())
     })
     .await?;
-    let beta_still = Api::<Deployment>::namespaced(client.clone(), &ns)
+    let beta_still = Api::<Deployment>::namespaced(client.clone(), ns)
         .get_opt("beta-cluster-autoscaler")
         .await?;
     assert!(beta_still.is_some(), "beta's autoscaler stays");
@@ -620,9 +682,15 @@ async fn instance_states(
 /// The Deployment the add-on made for alpha: the upstream image of its minor, the
 /// externalgrpc provider with the mounted cloud-config, Pod Security restricted.
 async fn check_deployment(client: &Client, ns: &str) -> Result<()> {
-    let d = Api::<Deployment>::namespaced(client.clone(), ns)
-        .get("alpha-cluster-autoscaler")
-        .await?;
+    // Applied just after the Secret the client waited for.
+    let d = eventually("alpha's autoscaler Deployment", WAIT, || async {
+        Api::<Deployment>::namespaced(client.clone(), ns)
+            .get_opt("alpha-cluster-autoscaler")
+            .await
+            .ok()
+            .flatten()
+    })
+    .await?;
     let d = serde_json::to_value(&d)?;
     let c = &d["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(
