@@ -7,6 +7,7 @@
 use super::load_balancer::{self, FINALIZER};
 use super::runner::Tenant;
 use crate::apply::apply;
+use crate::context::Feed;
 use crate::{Error, FIELD_MANAGER, Result};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service};
@@ -14,7 +15,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use std::sync::Arc;
@@ -29,23 +30,16 @@ const WAITING: Duration = Duration::from_secs(30);
 const FAILED_RETRY: Duration = Duration::from_secs(10);
 
 /// The controller of the tenant's Services, with its store and a signal that the store holds a
-/// first full list (both for the sweep). The signal is ours: a store's own `wait_until_ready`
-/// wakes only its last waiter, and the controller waits there itself.
+/// first full list (both for the sweep), from a [`Feed`] (see there why the signal is ours).
 pub fn controller(t: &Tenant) -> (Controller<Service>, Store<Service>, watch::Receiver<bool>) {
-    let (reader, writer) = reflector::store();
-    let (listed, listed_rx) = watch::channel(false);
-    let services = watcher(
-        Api::<Service>::all(t.client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(writer)
-    .inspect(move |event| {
-        if matches!(event, Ok(watcher::Event::InitDone)) {
-            listed.send_replace(true);
-        }
-    })
-    .applied_objects();
+    let (feed, reader, listed_rx) = Feed::new();
+    let services = feed
+        .reflect(watcher(
+            Api::<Service>::all(t.client.clone()),
+            watcher::Config::default(),
+        ))
+        .default_backoff()
+        .applied_objects();
     (
         Controller::for_stream(services, reader.clone()),
         reader,
