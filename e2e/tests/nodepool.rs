@@ -79,9 +79,24 @@ impl Tenant {
 /// each guest's console, the controller's log and the tenant's nodes.
 fn report(ground: &Ground, ns: &str, release: &Release, tenant: &Tenant) -> String {
     let mut out = String::new();
+    // What the node runs (every namespace, as earlier tests' leftovers share its two cores),
+    // the KubeVirt objects with their conditions, and the namespace's events in order.
     for args in [
         vec!["get", "np", "workers", "-n", ns, "-o", "yaml"],
         vec!["get", "vm,vmi,pods", "-n", ns, "-o", "wide"],
+        vec!["get", "vmi", "-n", ns, "-o", "yaml"],
+        vec!["get", "events", "-n", ns, "--sort-by=.lastTimestamp"],
+        vec!["get", "vmi,pods", "-A", "-o", "wide"],
+        vec!["describe", "nodes"],
+        vec![
+            "logs",
+            "-n",
+            "kubevirt",
+            "-l",
+            "kubevirt.io=virt-controller",
+            "--tail=60",
+            "--prefix",
+        ],
     ] {
         let o = ground.run("kubectl", &args);
         out.push_str(&String::from_utf8_lossy(&o.stdout));
@@ -121,6 +136,44 @@ fn report(ground: &Ground, ns: &str, release: &Release, tenant: &Tenant) -> Stri
     let nodes = tenant.run(&["get", "nodes", "-o", "wide"]);
     out.push_str(&String::from_utf8_lossy(&nodes.stdout));
     out
+}
+
+/// On a failed run, deletes the tenant and its pools (waiting until their VMs are gone) and the
+/// test's namespaces.
+struct Teardown<'a> {
+    ground: &'a Ground,
+    namespaces: [String; 2],
+}
+
+impl Drop for Teardown<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let [ns, etcd_ns] = &self.namespaces;
+        let deleted = self.ground.run(
+            "kubectl",
+            &[
+                "delete",
+                "np,tcp",
+                "--all",
+                "-n",
+                ns,
+                "--wait=true",
+                "--timeout=300s",
+            ],
+        );
+        eprintln!(
+            "teardown: {}{}",
+            String::from_utf8_lossy(&deleted.stdout),
+            String::from_utf8_lossy(&deleted.stderr)
+        );
+        for ns in [ns, etcd_ns] {
+            let _ = self
+                .ground
+                .run("kubectl", &["delete", "namespace", ns, "--wait=false"]);
+        }
+    }
 }
 
 /// Waits until `done` holds, polling every 3 s, or fails with the report.
@@ -246,6 +299,12 @@ async fn a_pool_joins_runs_pods_scales_rolls_heals_and_goes_with_its_tenant() {
     // KubeVirt's launcher pods need a namespace that admits privileged pods; Orrery names the
     // label to set while the namespace refuses them.
     let ns = restricted_namespace(&ground, "np");
+    // Declared after the release, so dropped before it: a failed run's VMs go while the operator
+    // that removes them still runs, and the tests after this one get the node's cores back.
+    let _teardown = Teardown {
+        ground: &ground,
+        namespaces: [ns.clone(), etcd_ns.clone()],
+    };
     apply_json(
         &ground,
         &json!({
