@@ -519,7 +519,9 @@ pub struct TenantControlPlaneStatus {
     /// Secret (in this namespace) holding the tenant admin kubeconfig under key `kubeconfig`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubeconfig_secret_ref: Option<SecretRef>,
-    /// Standard conditions: CertificatesReady, DataStoreReady, ControlPlaneAvailable, Ready.
+    /// Standard conditions: CertificatesReady, DataStoreReady, ControlPlaneAvailable,
+    /// TenantAPIReady, TenantBootstrapped, Ready, Degraded, and AddonsReady (every add-on
+    /// switched on runs; not part of Ready).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

@@ -62,6 +62,8 @@ pub struct Context {
     /// etcd connections, one per DataStore, reused across reconciles.
     pub etcd: EtcdPool,
     pub stores: Stores,
+    /// What the add-ons running in this process report, for the tenants' status.
+    pub addons: Arc<crate::addons::health::Health>,
 }
 
 impl Context {
@@ -78,6 +80,7 @@ impl Context {
             settings,
             etcd: EtcdPool::default(),
             stores: Stores::default(),
+            addons: Arc::default(),
         }
     }
 

@@ -180,6 +180,19 @@ async fn a_live_tenant_serves_real_clients_and_kubeadm_discovery() {
         );
     }
     let endpoint = status.endpoint.clone().unwrap();
+    // Its cloud controller, on by default, runs in the operator once the tenant is bootstrapped,
+    // and the status says so.
+    eventually("AddonsReady", Duration::from_secs(60), || async {
+        let tcp = tcps.get("live").await.ok()?;
+        tcp.status?.conditions.into_iter().find(|c| {
+            c.type_ == "AddonsReady"
+                && c.status == "True"
+                && c.reason == "AddonsRunning"
+                && c.message == "running: cloud-controller"
+        })
+    })
+    .await
+    .unwrap();
 
     // Real kubectl with the generated admin kubeconfig.
     let secrets = Api::<Secret>::namespaced(client.clone(), &ns);

@@ -2,19 +2,29 @@
 //! worker image, they join a live tenant with kubeadm, run its pods and add-ons, scale, roll
 //! and heal; the delete annotation removes exactly its machine; deleting a pool or the tenant
 //! leaves nothing of it. The tenant's cloud controller initialises the workers' Nodes and serves
-//! a LoadBalancer Service that real curl reaches. Checked with real kubectl against the tenant
-//! and the management cluster.
+//! a LoadBalancer Service that real curl reaches. The operator's cluster-autoscaler API, called
+//! as the tenant's autoscaler calls it, scales a pool from zero to a real joined machine and
+//! deletes exactly that machine again. Checked with real kubectl against the tenant and the
+//! management cluster.
 //!
 //! Needs the live tier with KubeVirt (`e2e/ground up --live`); fails, never skips, without it.
 //! At most two worker VMs boot at once (each takes about one core under emulation).
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
+use orrery_e2e::autoscaler::proto::instance_status::InstanceState;
+use orrery_e2e::autoscaler::proto::kubernetes::Node;
+use orrery_e2e::autoscaler::proto::{
+    ExternalGrpcNode, NodeGroupDeleteNodesRequest, NodeGroupIncreaseSizeRequest,
+    NodeGroupNodesRequest, NodeGroupTemplateNodeInfoRequest, RefreshRequest,
+};
+use orrery_e2e::autoscaler::{self, CloudConfig};
 use orrery_e2e::live::{
     Release, apply_json, check, live_ground, live_scheduling, managed_datastore,
     restricted_namespace, wait_tenant_ready,
 };
-use orrery_e2e::{Ground, install_crds, unique_name};
+use orrery_e2e::{Ground, eventually, install_crds, unique_name};
+use prost::Message;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -198,12 +208,16 @@ fn wait_until(
 }
 
 fn pool_field(ground: &Ground, ns: &str, path: &str) -> String {
+    pool_field_of(ground, ns, "workers", path)
+}
+
+fn pool_field_of(ground: &Ground, ns: &str, pool: &str, path: &str) -> String {
     let out = ground.run(
         "kubectl",
         &[
             "get",
             "np",
-            "workers",
+            pool,
             "-n",
             ns,
             "-o",
@@ -316,7 +330,10 @@ async fn a_pool_joins_runs_pods_scales_rolls_heals_and_goes_with_its_tenant() {
                      "network": {"serviceCIDR": "10.112.0.0/16"},
                      // No load balancer on the ground: a tenant LoadBalancer Service gets the
                      // cluster IP of its management Service, which the test host reaches.
-                     "addons": {"cloudController": {"loadBalancerServiceType": "ClusterIP"}},
+                     "addons": {"cloudController": {"loadBalancerServiceType": "ClusterIP"},
+                                // Its client certificate and cloud-config drive the operator's
+                                // autoscaler API below (the upstream image cannot run here).
+                                "clusterAutoscaler": {"enabled": true}},
                      "controlPlane": {"scheduling": live_scheduling()}}
         }),
     );
@@ -507,8 +524,8 @@ async fn a_pool_joins_runs_pods_scales_rolls_heals_and_goes_with_its_tenant() {
     check_load_balancer(&ground, &ns, &tenant, &why);
 
     // Scale to 2; the annotation the autoscaler sets removes exactly the first machine (a
-    // replacement starts, as replicas is still 2); back at 1, the machine still booting goes
-    // first, so the newer of the two joined ones stays.
+    // replacement starts once it is gone, as replicas is still 2); back at 1, the machine still
+    // booting goes first, so the newer of the two joined ones stays.
     check(
         ground.run(
             "kubectl",
@@ -635,16 +652,79 @@ async fn a_pool_joins_runs_pods_scales_rolls_heals_and_goes_with_its_tenant() {
         },
     );
 
-    // Deleting one pool removes its VMs, Secrets, Nodes and tokens, and leaves the tenant's
-    // other pool alone.
-    apply_json(&ground, &named_pool_yaml("spare", &ns, 1, "1536Mi"));
+    // The cluster-autoscaler's API, reached at the operator's Service with the tenant's own
+    // client certificate, scales a second pool from zero: the empty group has a template Node,
+    // and an increase of one makes a real machine that joins.
+    let mut spare_pool = named_pool_yaml("spare", &ns, 0, "1536Mi");
+    spare_pool["spec"]["autoscaling"] = json!({"minReplicas": 0, "maxReplicas": 1});
+    apply_json(&ground, &spare_pool);
+    let mut autoscaler = autoscaler_client(&ground, &client, &ns, &release).await;
+    // The upstream autoscaler image cannot run here: the tenant's status names its Deployment.
     wait_until(
-        "a second pool Ready",
+        "AddonsReady to name the autoscaler",
+        Duration::from_secs(60),
+        &why,
+        || {
+            ground
+                .kubectl(&[
+                    "get",
+                    "tcp",
+                    "live",
+                    "-n",
+                    &ns,
+                    "-o",
+                    r#"jsonpath={.status.conditions[?(@.type=="AddonsReady")].reason}"#,
+                ])
+                .trim()
+                == "ClusterAutoscalerUnavailable"
+        },
+    );
+    let spare_group = format!("{ns}/spare");
+    let template = autoscaler
+        .node_group_template_node_info(NodeGroupTemplateNodeInfoRequest {
+            id: spare_group.clone(),
+        })
+        .await
+        .expect("the template Node of the empty group")
+        .into_inner();
+    let template = Node::decode(template.node_bytes.as_slice()).unwrap();
+    let labels = template.metadata.unwrap_or_default().labels;
+    assert_eq!(labels["node.kubernetes.io/instance-type"], "1c-1536Mi");
+    autoscaler
+        .node_group_increase_size(NodeGroupIncreaseSizeRequest {
+            id: spare_group.clone(),
+            delta: 1,
+        })
+        .await
+        .expect("increase the empty group by one");
+    wait_until(
+        "the pool scaled from zero Ready",
         Duration::from_secs(600),
         &why,
         || ready_nodes_of(&tenant, "spare").len() == 1,
     );
     let spare = vms_of(&ground, &ns, "spare");
+    let instances = autoscaler
+        .node_group_nodes(NodeGroupNodesRequest {
+            id: spare_group.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .instances;
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    assert_eq!(instances[0].id, format!("kubevirt://{}", spare[0]));
+    assert_eq!(
+        instances[0]
+            .status
+            .clone()
+            .unwrap_or_default()
+            .instance_state(),
+        InstanceState::InstanceRunning
+    );
+
+    // Deleting one pool removes its VMs, Secrets, Nodes and tokens, and leaves the tenant's
+    // other pool alone.
     let workers = vms(&ground, &ns);
     check(
         ground.run(
@@ -688,6 +768,39 @@ async fn a_pool_joins_runs_pods_scales_rolls_heals_and_goes_with_its_tenant() {
     assert_eq!(vms_of(&ground, &ns, "spare"), spare, "the other pool kept");
     assert_eq!(ready_nodes_of(&tenant, "spare"), spare);
 
+    // The autoscaler deletes exactly its node: the machine is drained and goes, the group is
+    // back at zero, and no replacement is started meanwhile.
+    autoscaler
+        .node_group_delete_nodes(NodeGroupDeleteNodesRequest {
+            id: spare_group.clone(),
+            nodes: vec![ExternalGrpcNode {
+                provider_id: format!("kubevirt://{}", spare[0]),
+                name: spare[0].clone(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .expect("delete the group's node");
+    assert_eq!(
+        pool_field_of(&ground, &ns, "spare", "{.spec.replicas}"),
+        "0"
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    wait_until(
+        "the autoscaler's node gone",
+        Duration::from_secs(300),
+        &why,
+        || {
+            seen.extend(vms_of(&ground, &ns, "spare"));
+            vms_of(&ground, &ns, "spare").is_empty() && tenant.nodes_of("spare").is_empty()
+        },
+    );
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        spare,
+        "no other machine was started"
+    );
+
     // Deleting the tenant deletes its remaining pool, its VMs and user data.
     check(
         ground.run(
@@ -718,6 +831,44 @@ async fn a_pool_joins_runs_pods_scales_rolls_heals_and_goes_with_its_tenant() {
     release.uninstall();
     ground.kubectl(&["delete", "namespace", &ns, "--wait=false"]);
     ground.kubectl(&["delete", "namespace", &etcd_ns, "--wait=false"]);
+}
+
+/// A client of the operator's cluster-autoscaler API as tenant `live`'s autoscaler: its
+/// cloud-config and key pair from the add-on's Secret, dialled at the API's Service IP (the test
+/// host is outside the management cluster's DNS).
+async fn autoscaler_client(
+    ground: &Ground,
+    client: &kube::Client,
+    ns: &str,
+    release: &Release,
+) -> autoscaler::Client {
+    let service = format!("{}-autoscaler", release.name);
+    let ip = ground.kubectl(&[
+        "get",
+        "service",
+        &service,
+        "-n",
+        &release.namespace,
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    let dial = format!("{}:8443", ip.trim());
+    // The add-on writes the Secret, and the API answers, once the operator has started both.
+    eventually(
+        "the autoscaler API to answer",
+        Duration::from_secs(120),
+        || {
+            let dial = dial.clone();
+            async move {
+                let config = CloudConfig::read(client, ns, "live").await.ok()?;
+                let mut c = config.connect(Some(&dial)).await.ok()?;
+                c.refresh(RefreshRequest {}).await.ok()?;
+                Some(c)
+            }
+        },
+    )
+    .await
+    .unwrap()
 }
 
 /// A pool's objects left in the management cluster: its VMs, VMIs and Secrets.

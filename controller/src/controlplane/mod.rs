@@ -19,11 +19,12 @@ pub mod validate;
 pub use build::*;
 pub use cleanup::SKIP_CLEANUP_ANNOTATION;
 
+use crate::addons;
 use crate::api::{DataStore, SecretRef, ServiceType, TenantControlPlane, TenantControlPlaneStatus};
 use crate::apply::{MANAGED_BY, TENANT_LABEL};
 use crate::children::Children;
 use crate::conditions::{
-    self, CERTIFICATES_READY, CONTROL_PLANE_AVAILABLE, DATASTORE_READY, READY,
+    self, ADDONS_READY, CERTIFICATES_READY, CONTROL_PLANE_AVAILABLE, DATASTORE_READY, READY,
 };
 use crate::context::Context;
 use crate::etcd;
@@ -105,6 +106,7 @@ async fn reconcile_tenant(tcp: Arc<TenantControlPlane>, ctx: Arc<Context>) -> Re
             debug!(reason = b.reason, "still blocked");
         }
     }
+    addons_condition(&tcp, &ctx, &mut tracker).await;
     tracker.finish(&tcp.spec.version, &outcome, ctx.settings.tenant_access);
     if tcp.status.as_ref() != Some(&tracker.status) {
         let patch = serde_json::json!({ "status": tracker.status });
@@ -424,6 +426,23 @@ fn tenants_waiting_on(
         .collect()
 }
 
+/// Sets AddonsReady from what the tenant's add-ons show. It does not take part in Ready: a
+/// control plane serves without its add-ons. Left as it was when the autoscaler's Deployment
+/// cannot be read.
+async fn addons_condition(tcp: &TenantControlPlane, ctx: &Context, tracker: &mut Tracker) {
+    let autoscaler = match addons::health::autoscaler_deployment(&ctx.client, tcp).await {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(error = %e, "cannot read the cluster-autoscaler's Deployment");
+            return;
+        }
+    };
+    let cloud = ctx.addons.cloud(&ObjectRef::from_obj(tcp));
+    let (ok, reason, message) =
+        addons::health::condition(tcp, &ctx.settings, cloud, autoscaler.as_ref());
+    tracker.set(ADDONS_READY, ok, reason, message);
+}
+
 /// Runs the TenantControlPlane controller until `shutdown` is cancelled. It feeds the tenant store.
 pub fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> BoxFuture<'static, ()> {
     run_with_trigger(ctx, shutdown, futures::stream::pending())
@@ -437,6 +456,7 @@ pub fn run_with_trigger(
     reconcile_all: impl Stream<Item = ()> + Send + 'static,
 ) -> BoxFuture<'static, ()> {
     let client = ctx.client.clone();
+    let wakes = ctx.addons.take_wakes();
     let feed = ctx.stores.take_tenants_feed();
     let reader = feed.reader();
     let tenants = feed
@@ -460,6 +480,8 @@ pub fn run_with_trigger(
             move |ds| tenants_waiting_on(&ds, &store),
         )
         .reconcile_all_on(reconcile_all)
+        // The add-ons running in this process report changes of their state.
+        .reconcile_on(wakes)
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {

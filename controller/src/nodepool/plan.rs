@@ -4,7 +4,10 @@
 //!
 //! The rules follow Cluster API's MachineDeployment and MachineHealthCheck:
 //! - machines being deleted count as gone;
-//! - deletions the autoscaler requested come first and take nothing from maxUnavailable;
+//! - deletions the autoscaler requested come first and take nothing from maxUnavailable; a
+//!   machine leaving on request is not replaced until it is gone. The autoscaler marks machines
+//!   and then lowers `replicas`, two writes: a plan made in between must not start a machine that
+//!   the lower number then removes again;
 //! - a machine past its startup or unhealthy timeout is replaced, at most max(maxUnavailable, 1)
 //!   at a time (deletions under way count): a broken machine serves nothing, so replacing one at a
 //!   time never lowers availability, while a storm of them (say the tenant's API is down) is not
@@ -150,11 +153,13 @@ pub fn plan(pool: &Pool, machines: &[Machine], now: Timestamp) -> Plan {
         .filter(|m| m.delete_requested)
         .collect();
     plan.remove(&mut live, &requested, Reason::Requested);
+    // Machines leaving on request, deleted already or not: they hold their place until gone.
+    let leaving = machines.iter().filter(|m| m.delete_requested).count();
     remediate(pool, machines, &mut live, &mut plan, now);
     if live.iter().all(|m| m.template_hash == pool.template_hash) {
-        scale(pool, &mut live, &mut plan);
+        scale(pool, &mut live, leaving, &mut plan);
     } else {
-        roll(pool, &mut live, &mut plan);
+        roll(pool, &mut live, leaving, &mut plan);
     }
     plan
 }
@@ -226,11 +231,12 @@ fn deletion_order(pool: &Pool, machines: &mut [&Machine]) {
     });
 }
 
-/// No rollout: create up to `replicas`, or delete the surplus.
-fn scale(pool: &Pool, live: &mut Vec<&Machine>, plan: &mut Plan) {
+/// No rollout: create up to `replicas` (counting the `leaving` machines, see the module's doc),
+/// or delete the surplus.
+fn scale(pool: &Pool, live: &mut Vec<&Machine>, leaving: usize, plan: &mut Plan) {
     let (count, replicas) = (live.len(), pool.replicas as usize);
-    if count < replicas {
-        plan.create = (replicas - count) as u32;
+    if count + leaving < replicas {
+        plan.create = (replicas - count - leaving) as u32;
     } else if count > replicas {
         let mut order = live.clone();
         deletion_order(pool, &mut order);
@@ -238,8 +244,9 @@ fn scale(pool: &Pool, live: &mut Vec<&Machine>, plan: &mut Plan) {
     }
 }
 
-/// A rollout step, as a Deployment's rolling update takes one.
-fn roll(pool: &Pool, live: &mut Vec<&Machine>, plan: &mut Plan) {
+/// A rollout step, as a Deployment's rolling update takes one; the `leaving` machines count
+/// against maxSurge until they are gone.
+fn roll(pool: &Pool, live: &mut Vec<&Machine>, leaving: usize, plan: &mut Plan) {
     let replicas = pool.replicas as usize;
     let Limits {
         max_surge,
@@ -250,7 +257,7 @@ fn roll(pool: &Pool, live: &mut Vec<&Machine>, plan: &mut Plan) {
     let current = live.iter().filter(|m| is_current(m)).count();
     // New machines up to replicas + maxSurge in all, and up to replicas of the current template.
     plan.create = (replicas + max_surge as usize)
-        .saturating_sub(live.len())
+        .saturating_sub(live.len() + leaving)
         .min(replicas.saturating_sub(current)) as u32;
     // Scaled down during the rollout: current machines beyond replicas go.
     let mut surplus: Vec<&Machine> = live.iter().copied().filter(|m| is_current(m)).collect();
@@ -550,7 +557,7 @@ mod tests {
                     machine("c", "new", Ready, 60),
                     machine("d", "new", Ready, 60),
                 ],
-                and_creates(deletes(&[("a", Unhealthy)]), 1),
+                deletes(&[("a", Unhealthy)]),
             ),
             (
                 "requested deletion after the autoscaler lowered replicas",
@@ -563,14 +570,33 @@ mod tests {
                 deletes(&[("c", Requested)]),
             ),
             (
-                "requested deletion with replicas unchanged is replaced",
+                "requested deletion with replicas unchanged: not replaced while it leaves",
                 pool(3, 1, 0),
                 vec![
                     machine("a", "new", Ready, 30),
                     machine("b", "new", Ready, 20),
                     requested(machine("c", "new", Ready, 40)),
                 ],
-                and_creates(deletes(&[("c", Requested)]), 1),
+                deletes(&[("c", Requested)]),
+            ),
+            (
+                "a requested machine being deleted still holds its place",
+                pool(3, 1, 0),
+                vec![
+                    machine("a", "new", Ready, 30),
+                    machine("b", "new", Ready, 20),
+                    requested(machine("c", "new", Deleting, 40)),
+                ],
+                Plan::default(),
+            ),
+            (
+                "a requested machine gone, with replicas unchanged, is replaced",
+                pool(3, 1, 0),
+                vec![
+                    machine("a", "new", Ready, 30),
+                    machine("b", "new", Ready, 20),
+                ],
+                creates(1),
             ),
             (
                 "requested deletions take nothing from maxUnavailable or remediation",
@@ -580,7 +606,8 @@ mod tests {
                     requested(machine("o2", "old", Ready, 20)),
                     machine("n1", "new", Joining, 11),
                 ],
-                and_creates(deletes(&[("o2", Requested), ("n1", StartupTimeout)]), 2),
+                // o1 and the leaving o2 leave room for one new machine within maxSurge.
+                and_creates(deletes(&[("o2", Requested), ("n1", StartupTimeout)]), 1),
             ),
             (
                 "scale up while rolling",

@@ -292,7 +292,7 @@ impl CloudProvider for Provider {
         groups::after_deleting(&id, &bounds, replicas, marked.len())?;
         // Marks first, then the smaller number: the pool controller removes the marked machines
         // first, so the lower replicas can never take another one. Should it run in between, it
-        // starts a replacement that the lower number then removes again.
+        // does not replace the marked machines while they leave (see nodepool::plan).
         self.mark(&pool, &marked).await?;
         let (from, to) = self
             .scale(&pool, |n| {

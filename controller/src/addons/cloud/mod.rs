@@ -23,6 +23,7 @@ pub mod runner;
 pub mod runners;
 mod services;
 
+use crate::addons::health::{CloudReport, Health};
 use crate::api::TenantControlPlane;
 use crate::conditions::{self, TENANT_BOOTSTRAPPED};
 use crate::context::{Context, Settings};
@@ -96,12 +97,14 @@ async fn reconcile(tcp: Arc<TenantControlPlane>, state: Arc<State>) -> Result<Ac
             if state.runners.stop(&key) {
                 info!(why, "cloud controller stopped");
             }
+            ctx.addons.report_cloud(&key, None);
             Ok(Action::await_change())
         }
         Plan::Off => {
             if state.runners.stop(&key) {
                 info!("cloud controller switched off");
             }
+            ctx.addons.report_cloud(&key, None);
             switch_off(&tcp, ctx).await?;
             // Looked at again later: a task stopping just now may still have made something.
             Ok(Action::requeue(ctx.settings.resync))
@@ -118,6 +121,7 @@ async fn reconcile(tcp: Arc<TenantControlPlane>, state: Arc<State>) -> Result<Ac
             ]);
             if !state.runners.is_current(&key, &hash) {
                 let tenant = Arc::new(Tenant::connect(ctx, &tcp, &kubeconfig).await?);
+                ctx.addons.report_cloud(&key, Some(CloudReport::Starting));
                 state
                     .runners
                     .start(key, hash, |stop| runner::run(tenant, stop).boxed());
@@ -171,17 +175,22 @@ fn error_policy(tcp: Arc<TenantControlPlane>, error: &Error, state: Arc<State>) 
 /// may have been missed while the watch was down).
 fn forget_gone(
     runners: &Runners,
+    health: &Health,
     tenants: &Store<TenantControlPlane>,
     event: &Result<watcher::Event<TenantControlPlane>, watcher::Error>,
 ) {
     match event {
         Ok(watcher::Event::Delete(tcp)) => {
-            let stopped = runners.stop(&ObjectRef::from_obj(tcp));
-            if stopped {
+            let key = ObjectRef::from_obj(tcp);
+            if runners.stop(&key) {
                 info!(tenant = %tcp.name_any(), "cloud controller stopped: the tenant is gone");
             }
+            health.forget_cloud(|k| k != &key);
         }
-        Ok(watcher::Event::InitDone) => runners.retain(|key| tenants.get(key).is_some()),
+        Ok(watcher::Event::InitDone) => {
+            runners.retain(|key| tenants.get(key).is_some());
+            health.forget_cloud(|key| tenants.get(key).is_some());
+        }
         _ => {}
     }
 }
@@ -192,14 +201,14 @@ fn forget_gone(
 pub fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> BoxFuture<'static, ()> {
     let runners = Arc::new(Runners::new(shutdown.clone()));
     let (reader, writer) = reflector::store();
-    let (gone, store) = (runners.clone(), reader.clone());
+    let (gone, health, store) = (runners.clone(), ctx.addons.clone(), reader.clone());
     let tenants = watcher(
         Api::<TenantControlPlane>::all(ctx.client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
     .reflect(writer)
-    .inspect(move |event| forget_gone(&gone, &store, event))
+    .inspect(move |event| forget_gone(&gone, &health, &store, event))
     .applied_objects();
     let state = Arc::new(State {
         ctx,

@@ -4,6 +4,7 @@
 use super::load_balancer::Management;
 use super::{nodes, release, services};
 use crate::Result;
+use crate::addons::health::{CloudReport, Health};
 use crate::api::TenantControlPlane;
 use crate::apply::owner_reference;
 use crate::context::Context;
@@ -11,7 +12,7 @@ use crate::metrics::Metrics;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,9 @@ pub struct Tenant {
     pub metrics: Arc<Metrics>,
     /// How long a converged object waits before it is looked at again.
     pub resync: Duration,
+    /// Where the controller reports that it runs, for the tenant's status.
+    pub health: Arc<Health>,
+    pub key: ObjectRef<TenantControlPlane>,
 }
 
 impl Tenant {
@@ -60,6 +64,8 @@ impl Tenant {
             },
             metrics: ctx.metrics.clone(),
             resync: ctx.settings.resync,
+            health: ctx.addons.clone(),
+            key: ObjectRef::from_obj(tcp),
         })
     }
 
@@ -93,9 +99,24 @@ pub async fn run(t: Arc<Tenant>, stop: CancellationToken) {
     tokio::join!(
         services::run(services, t.clone(), stop.clone()),
         nodes::run(t.clone(), stop.clone()),
+        report_running(t.clone(), listed.clone(), stop.clone()),
         sweep(t.clone(), store, listed, stop.clone()),
     );
     info!(tenant = %t.place.tenant, namespace = %t.place.namespace, "cloud controller stopped");
+}
+
+/// Reports the controller running once the tenant's Services are listed.
+async fn report_running(
+    t: Arc<Tenant>,
+    mut listed: watch::Receiver<bool>,
+    stop: CancellationToken,
+) {
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        ready = listed.wait_for(|l| *l) => if ready.is_ok() {
+            t.health.report_cloud(&t.key, Some(CloudReport::Running));
+        },
+    }
 }
 
 /// Once the tenant's Services are listed, and then at every resync: deletes the management
