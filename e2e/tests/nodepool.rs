@@ -680,13 +680,22 @@ async fn a_pool_joins_runs_pods_scales_rolls_heals_and_goes_with_its_tenant() {
         },
     );
     let spare_group = format!("{ns}/spare");
-    let template = autoscaler
-        .node_group_template_node_info(NodeGroupTemplateNodeInfoRequest {
-            id: spare_group.clone(),
-        })
-        .await
-        .expect("the template Node of the empty group")
-        .into_inner();
+    // The API serves from its watch of the pools, which sees the new one in a moment.
+    let template = eventually(
+        "the template Node of the empty group",
+        Duration::from_secs(30),
+        || {
+            let mut autoscaler = autoscaler.clone();
+            let id = spare_group.clone();
+            async move {
+                let request = NodeGroupTemplateNodeInfoRequest { id };
+                autoscaler.node_group_template_node_info(request).await.ok()
+            }
+        },
+    )
+    .await
+    .unwrap()
+    .into_inner();
     let template = Node::decode(template.node_bytes.as_slice()).unwrap();
     let labels = template.metadata.unwrap_or_default().labels;
     assert_eq!(labels["node.kubernetes.io/instance-type"], "1c-1536Mi");
