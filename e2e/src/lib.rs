@@ -6,6 +6,7 @@
 //! [`autoscaler`] connects to Orrery's cluster-autoscaler API as a tenant's autoscaler does.
 
 pub mod autoscaler;
+pub mod bench;
 pub mod live;
 
 use anyhow::{Context as _, Result, bail};

@@ -20,7 +20,7 @@ use anyhow::{Context as _, Result, bail};
 use futures::stream::{BoxStream, SelectAll};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
@@ -31,6 +31,7 @@ use orrery::context::{Context, Settings};
 use orrery::metrics::{self, Metrics};
 use orrery::nodepool::build::POOL_LABEL;
 use orrery::nodepool::kubevirt::VirtualMachine;
+use orrery_e2e::bench::{Memory, stand_in_tenant};
 use orrery_e2e::{
     Ground, eventually, has_real_kubevirt, install_crds, install_kubevirt_stand_ins,
     remove_kubevirt_stand_ins, unique_name,
@@ -44,7 +45,6 @@ use tokio_util::sync::CancellationToken;
 
 /// The label the controller puts on a bootstrap token naming its pool's namespace.
 const POOL_NAMESPACE_LABEL: &str = "orrery.dev/pool-namespace";
-const TENANT_VERSION: &str = "v1.34.4";
 /// How long after the last machine appeared the memory is read: past the controller's 10 s
 /// requeue of pools whose machines have not joined, so a steady round is included.
 const SETTLE: Duration = Duration::from_secs(15);
@@ -367,50 +367,6 @@ async fn run_controller(ctx: Arc<Context>, shutdown: CancellationToken) {
     }
 }
 
-/// A TenantControlPlane `name` in `ns` standing for a running, bootstrapped tenant served by the
-/// ground's apiserver at `endpoint`, with `kubeconfig` as its admin kubeconfig.
-async fn stand_in_tenant(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    kubeconfig: &str,
-    endpoint: &str,
-) -> Result<()> {
-    let secret_name = format!("{name}-admin-kubeconfig");
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": secret_name, "namespace": ns},
-        "stringData": {"kubeconfig": kubeconfig}
-    }))?;
-    Api::<Secret>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &secret)
-        .await?;
-    let tcp: TenantControlPlane = serde_json::from_value(json!({
-        "apiVersion": "orrery.dev/v1alpha1", "kind": "TenantControlPlane",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"version": TENANT_VERSION}
-    }))?;
-    let api = Api::<TenantControlPlane>::namespaced(client.clone(), ns);
-    let tcp = api.create(&PostParams::default(), &tcp).await?;
-    let now = k8s_openapi::jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string();
-    let status = json!({"status": {
-        "observedGeneration": tcp.meta().generation,
-        "phase": "Ready",
-        "version": TENANT_VERSION,
-        "endpoint": endpoint,
-        "kubeconfigSecretRef": {"name": secret_name, "key": "kubeconfig"},
-        "conditions": [{
-            "type": "TenantBootstrapped", "status": "True", "reason": "Applied",
-            "message": "stand-in: the ground's apiserver serves this tenant",
-            "lastTransitionTime": now, "observedGeneration": tcp.meta().generation
-        }]
-    }});
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await?;
-    Ok(())
-}
-
 /// A pool's replica counts and Ready condition, in one line.
 fn describe_status(pool: &NodePool) -> String {
     let Some(st) = &pool.status else {
@@ -485,29 +441,6 @@ impl Snapshot {
         let total: u64 = deltas.iter().map(|(_, d)| d).sum();
         let each: Vec<String> = deltas.iter().map(|(k, d)| format!("{k} {d}")).collect();
         format!("{total} ({})", each.join(", "))
-    }
-}
-
-/// The process's resident memory, from /proc/self/status.
-struct Memory {
-    rss_kib: u64,
-    hwm_kib: u64,
-}
-
-impl Memory {
-    fn now() -> Result<Self> {
-        let status = std::fs::read_to_string("/proc/self/status")?;
-        let field = |name: &str| -> Result<u64> {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .with_context(|| format!("{name} in /proc/self/status"))
-        };
-        Ok(Self {
-            rss_kib: field("VmRSS:")?,
-            hwm_kib: field("VmHWM:")?,
-        })
     }
 }
 
