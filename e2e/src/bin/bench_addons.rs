@@ -22,7 +22,7 @@
 use anyhow::{Context as _, Result, bail};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -32,8 +32,8 @@ use orrery::context::{Context, Settings};
 use orrery::metrics::Metrics;
 use orrery_e2e::bench::{Memory, TICKS_PER_SECOND, cpu_ticks, open_sockets, stand_in_tenant};
 use orrery_e2e::{
-    Ground, has_real_kubevirt, install_crds, install_kubevirt_stand_ins, remove_kubevirt_stand_ins,
-    unique_name,
+    Ground, eventually, has_real_kubevirt, install_crds, install_kubevirt_stand_ins,
+    remove_kubevirt_stand_ins, unique_name,
 };
 use prometheus_client::registry::Registry;
 use serde_json::json;
@@ -69,6 +69,17 @@ async fn main() -> Result<()> {
         install_kubevirt_stand_ins(&ground);
     }
     let client = ground.client().await?;
+    // Every tenant on the ground gets a cloud controller here: only the benchmark's may count.
+    let others = Api::<TenantControlPlane>::all(client.clone())
+        .list_metadata(&ListParams::default())
+        .await?;
+    if !others.items.is_empty() {
+        bail!(
+            "the ground has {} TenantControlPlanes already (an earlier run's namespace may still \
+             be going): the benchmark needs a ground without tenants",
+            others.items.len()
+        );
+    }
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let reporter = Reporter {
@@ -96,6 +107,11 @@ async fn main() -> Result<()> {
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), controller).await;
     orrery_e2e::delete_namespace(&client, &ns).await?;
+    let namespaces = Api::<Namespace>::all(client.clone());
+    eventually("the namespace gone", Duration::from_secs(300), || async {
+        namespaces.get_opt(&ns).await.ok()?.is_none().then_some(())
+    })
+    .await?;
     if stand_ins {
         remove_kubevirt_stand_ins(&ground);
     }
