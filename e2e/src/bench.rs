@@ -2,11 +2,15 @@
 //! time and open sockets.
 
 use anyhow::{Context as _, Result};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use orrery::api::TenantControlPlane;
+use orrery::context::Context;
 use serde_json::json;
+use std::sync::Arc;
 
 /// The version of the stand-in tenants.
 pub const TENANT_VERSION: &str = "v1.34.4";
@@ -54,6 +58,32 @@ pub async fn stand_in_tenant(
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
         .await?;
     Ok(())
+}
+
+/// Logs to stderr as RUST_LOG says (default `orrery=warn`), keeping stdout for the figures.
+pub fn log_to_stderr() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("orrery=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Keeps `ctx`'s tenant store filled, as the operator's TenantControlPlane controller does, for
+/// a controller under test that reads it (none of them runs the TenantControlPlane controller).
+pub async fn feed_tenants(ctx: Arc<Context>) {
+    ctx.stores
+        .take_tenants_feed()
+        .reflect(watcher(
+            Api::<TenantControlPlane>::all(ctx.client.clone()),
+            watcher::Config::default(),
+        ))
+        .default_backoff()
+        .applied_objects()
+        .for_each(|_| async {})
+        .await;
 }
 
 /// This process's resident memory, now and at its peak.

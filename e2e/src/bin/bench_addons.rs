@@ -20,17 +20,17 @@
 //! tenant from one set of watches (NodePools and VM metadata, as `bench_nodepool` measures).
 
 use anyhow::{Context as _, Result, bail};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{WatchStreamExt, watcher};
 use orrery::addons::health::CloudReport;
 use orrery::api::TenantControlPlane;
 use orrery::context::{Context, Settings};
 use orrery::metrics::Metrics;
-use orrery_e2e::bench::{Memory, TICKS_PER_SECOND, cpu_ticks, open_sockets, stand_in_tenant};
+use orrery_e2e::bench::{
+    Memory, TICKS_PER_SECOND, cpu_ticks, feed_tenants, log_to_stderr, open_sockets, stand_in_tenant,
+};
 use orrery_e2e::{
     Ground, eventually, has_real_kubevirt, install_crds, install_kubevirt_stand_ins,
     remove_kubevirt_stand_ins, unique_name,
@@ -52,13 +52,7 @@ async fn main() -> Result<()> {
         Some(n) => n.parse().context("TENANTS is a number")?,
         None => 100,
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("orrery=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    log_to_stderr();
 
     let ground = Ground::get()?;
     ground.ensure_running()?;
@@ -204,18 +198,8 @@ async fn measure(
 /// The tenants' reflector, as the operator's TenantControlPlane controller feeds it, and the
 /// cloud controller.
 async fn run_controller(ctx: Arc<Context>, shutdown: CancellationToken) {
-    let tenants = ctx
-        .stores
-        .take_tenants_feed()
-        .reflect(watcher(
-            Api::<TenantControlPlane>::all(ctx.client.clone()),
-            watcher::Config::default(),
-        ))
-        .default_backoff()
-        .applied_objects()
-        .for_each(|_| async {});
     tokio::select! {
-        () = tenants => {}
+        () = feed_tenants(ctx.clone()) => {}
         () = orrery::addons::cloud::run(ctx, shutdown) => {}
     }
 }

@@ -26,12 +26,12 @@ use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use orrery::api::{NodePool, TenantControlPlane};
+use orrery::api::NodePool;
 use orrery::context::{Context, Settings};
 use orrery::metrics::{self, Metrics};
 use orrery::nodepool::build::POOL_LABEL;
 use orrery::nodepool::kubevirt::VirtualMachine;
-use orrery_e2e::bench::{Memory, stand_in_tenant};
+use orrery_e2e::bench::{Memory, feed_tenants, log_to_stderr, stand_in_tenant};
 use orrery_e2e::{
     Ground, eventually, has_real_kubevirt, install_crds, install_kubevirt_stand_ins,
     remove_kubevirt_stand_ins, unique_name,
@@ -58,13 +58,7 @@ async fn main() -> Result<()> {
         })
     };
     let (replicas, tenants) = (number(0, 50)?, number(1, 100)?);
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("orrery=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    log_to_stderr();
 
     let ground = Ground::get()?;
     ground.ensure_running()?;
@@ -351,18 +345,8 @@ impl Bench {
 /// of its own (the TenantControlPlane controller, which feeds it there, would rewrite the
 /// stand-in statuses).
 async fn run_controller(ctx: Arc<Context>, shutdown: CancellationToken) {
-    let tenants = ctx
-        .stores
-        .take_tenants_feed()
-        .reflect(watcher(
-            Api::<TenantControlPlane>::all(ctx.client.clone()),
-            watcher::Config::default(),
-        ))
-        .default_backoff()
-        .applied_objects()
-        .for_each(|_| async {});
     tokio::select! {
-        () = tenants => {}
+        () = feed_tenants(ctx.clone()) => {}
         () = orrery::nodepool::run(ctx, shutdown) => {}
     }
 }
