@@ -17,8 +17,33 @@ use std::collections::BTreeMap;
 mod nodepool;
 pub use nodepool::*;
 
-/// Kubernetes minor versions a tenant may run. Keep in step with the `version` rule below.
+/// Kubernetes minor versions a tenant may run: the one place that spec.version's admission
+/// rule, the kubectl plugin, the per-minor release tables and the tests read (a test checks that
+/// spec.version's documentation names the same range).
 pub const SUPPORTED_MINORS: std::ops::RangeInclusive<u32> = 32..=34;
+
+/// The supported range in words: `v1.32.0 to v1.34.x`.
+pub fn supported_range() -> String {
+    format!(
+        "v1.{}.0 to v1.{}.x",
+        SUPPORTED_MINORS.start(),
+        SUPPORTED_MINORS.end()
+    )
+}
+
+/// spec.version's admission rule for the range, made from [`SUPPORTED_MINORS`]. A version not of
+/// the form vMAJOR.MINOR.PATCH is left to the format rule.
+fn version_range_rule() -> Rule {
+    let minors: Vec<String> = SUPPORTED_MINORS.map(|m| m.to_string()).collect();
+    Rule::new(format!(
+        r"!self.matches('^v[0-9]+\\.[0-9]+\\.[0-9]+$') || self.matches('^v1\\.({})\\.[0-9]+$')",
+        minors.join("|")
+    ))
+    .message(Message::Message(format!(
+        "spec.version is outside the supported range {}",
+        supported_range()
+    )))
+}
 
 /// A tenant Kubernetes control plane run as pods in the management cluster.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -50,8 +75,7 @@ pub struct TenantControlPlaneSpec {
     #[x_kube(
         validation = Rule::new(r"self.matches('^v[0-9]+\\.[0-9]+\\.[0-9]+$')")
             .message("spec.version must have the form vMAJOR.MINOR.PATCH, for example v1.34.4"),
-        validation = Rule::new(r"!self.matches('^v[0-9]+\\.[0-9]+\\.[0-9]+$') || self.matches('^v1\\.(32|33|34)\\.[0-9]+$')")
-            .message("spec.version is outside the supported range v1.32.0 to v1.34.x"),
+        validation = version_range_rule(),
         validation = Rule::new(
             "!self.matches('^v1\\\\.[0-9]+\\\\.[0-9]+$') || !oldSelf.matches('^v1\\\\.[0-9]+\\\\.[0-9]+$') || \
              int(self.split('.')[1]) > int(oldSelf.split('.')[1]) || \
@@ -1077,4 +1101,77 @@ fn bounded_flag_values(schema: &mut schemars::Schema) {
         .and_then(serde_json::Value::as_object_mut)
         .expect("extraArgs is a map")
         .insert("maxLength".into(), 4096.into());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    /// spec.version's schema in the generated CRD: its description and its CEL rules.
+    fn version_schema() -> serde_json::Value {
+        let crd = serde_json::to_value(TenantControlPlane::crd()).unwrap();
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["version"]
+            .clone()
+    }
+
+    #[test]
+    fn the_version_rule_and_its_documentation_follow_the_supported_minors() {
+        let schema = version_schema();
+        let description = schema["description"].as_str().unwrap();
+        assert!(
+            description.contains(&format!("({})", supported_range())),
+            "spec.version's documentation names another range than SUPPORTED_MINORS: {description}"
+        );
+        let rules = schema["x-kubernetes-validations"].as_array().unwrap();
+        let range = rules
+            .iter()
+            .find(|r| {
+                r["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("supported range")
+            })
+            .unwrap();
+        assert_eq!(
+            range["message"],
+            format!(
+                "spec.version is outside the supported range {}",
+                supported_range()
+            )
+        );
+        let minors: Vec<String> = SUPPORTED_MINORS.map(|m| m.to_string()).collect();
+        assert!(
+            range["rule"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("({})", minors.join("|"))),
+            "{range}"
+        );
+    }
+
+    /// Every release table keyed by minor covers the supported minors, so widening the range
+    /// cannot leave a minor with another minor's component.
+    #[test]
+    fn every_supported_minor_has_its_releases() {
+        let tables: [(&str, &[(u32, &str)]); 2] = [
+            (
+                "konnectivity",
+                &crate::controlplane::build::KONNECTIVITY_RELEASES,
+            ),
+            (
+                "cluster-autoscaler",
+                &crate::addons::autoscaler::deploy::RELEASES,
+            ),
+        ];
+        for (component, table) in tables {
+            let minors: Vec<u32> = table.iter().map(|(m, _)| *m).collect();
+            assert_eq!(
+                minors,
+                SUPPORTED_MINORS.collect::<Vec<_>>(),
+                "the {component} releases by minor"
+            );
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! The `kubectl-orrery` binary's command line where no cluster is needed: its verbs, what it
 //! refuses before asking a cluster, and a kubeconfig it cannot load.
 
+use orrery::api::{SUPPORTED_MINORS, supported_range};
 use std::process::{Command, Output};
 
 /// Runs `kubectl-orrery args…` with an empty environment (HOME without a kubeconfig).
@@ -33,11 +34,17 @@ fn help_names_the_verbs_as_kubectl_shows_them() {
 
 #[test]
 fn versions_admission_would_refuse_are_refused_offline() {
+    // Just past either end of the supported range.
+    let (newer, older) = (
+        format!("v1.{}.0", SUPPORTED_MINORS.end() + 1),
+        format!("v1.{}.9", SUPPORTED_MINORS.start() - 1),
+    );
+    let outside = format!("outside the supported range {}", supported_range());
     let cases = [
         ("1.34.4", "vMAJOR.MINOR.PATCH"),
         ("v1.34", "vMAJOR.MINOR.PATCH"),
-        ("v1.35.0", "outside the supported range v1.32.0 to v1.34.x"),
-        ("v1.31.9", "outside the supported range v1.32.0 to v1.34.x"),
+        (newer.as_str(), outside.as_str()),
+        (older.as_str(), outside.as_str()),
     ];
     for (version, words) in cases {
         let out = plugin(&["upgrade", "demo", "--to", version]);

@@ -270,9 +270,10 @@ mod tests {
         let err = parse(&["upgrade", "demo", "--to", "1.34.4"]).unwrap_err();
         assert!(err.to_string().contains("vMAJOR.MINOR.PATCH"), "{err}");
         let err = parse(&["upgrade", "demo", "--to", "v1.40.0"]).unwrap_err();
+        let range = crate::api::supported_range();
         assert!(
             err.to_string()
-                .contains("outside the supported range v1.32.0 to v1.34.x"),
+                .contains(&format!("outside the supported range {range}")),
             "{err}"
         );
         assert!(parse(&["upgrade", "demo", "--to", "v1.33.1"]).is_ok());

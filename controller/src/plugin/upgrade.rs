@@ -5,7 +5,7 @@ use super::cli::{ClientArgs, UpgradeArgs};
 use super::connect::{self, Management};
 use super::error::{Error, Result};
 use super::wait::{self, Goal};
-use crate::api::{SUPPORTED_MINORS, TenantControlPlane};
+use crate::api::{SUPPORTED_MINORS, TenantControlPlane, supported_range};
 use kube::ResourceExt;
 use kube::api::{Api, Patch};
 use std::fmt;
@@ -52,9 +52,8 @@ impl Version {
             return Ok(());
         }
         Err(format!(
-            "{self} is outside the supported range v1.{}.0 to v1.{}.x",
-            SUPPORTED_MINORS.start(),
-            SUPPORTED_MINORS.end()
+            "{self} is outside the supported range {}",
+            supported_range()
         ))
     }
 }

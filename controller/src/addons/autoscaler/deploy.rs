@@ -26,8 +26,9 @@ pub const CONFIG_DIR: &str = "/etc/orrery/cluster-autoscaler";
 pub const KUBECONFIG_DIR: &str = "/etc/orrery/tenant";
 /// The port of the autoscaler's metrics and health check.
 const HEALTH_PORT: i32 = 8085;
-/// The upstream release for each tenant minor: the autoscaler's minor follows Kubernetes'.
-const RELEASES: [(u32, &str); 3] = [(32, "v1.32.7"), (33, "v1.33.6"), (34, "v1.34.5")];
+/// The upstream release for each tenant minor: the autoscaler's minor follows Kubernetes'. A
+/// test checks that every supported minor has one.
+pub const RELEASES: [(u32, &str); 3] = [(32, "v1.32.7"), (33, "v1.33.6"), (34, "v1.34.5")];
 
 /// Name of the tenant's autoscaler Secret and Deployment.
 pub fn name(tcp: &TenantControlPlane) -> String {

@@ -91,14 +91,18 @@ pub struct Images {
     pub konnectivity_server: String,
 }
 
-/// The konnectivity release that goes with a Kubernetes minor version (as Kubernetes' own
-/// manifests pair them).
+/// The konnectivity release that goes with each supported Kubernetes minor version (as
+/// Kubernetes' own manifests pair them); a test checks that every supported minor has one.
+pub const KONNECTIVITY_RELEASES: [(u32, &str); 3] =
+    [(32, "v0.31.2"), (33, "v0.32.1"), (34, "v0.33.0")];
+
+/// The konnectivity release for `minor`; the newest for a minor admission would refuse.
 fn konnectivity_version(minor: u32) -> &'static str {
-    match minor {
-        32 => "v0.31.2",
-        33 => "v0.32.1",
-        _ => "v0.33.0",
-    }
+    KONNECTIVITY_RELEASES
+        .iter()
+        .find(|(m, _)| *m == minor)
+        .or_else(|| KONNECTIVITY_RELEASES.last())
+        .map_or("", |(_, r)| r)
 }
 
 /// Upstream images for the tenant's version, unless the spec overrides them.
