@@ -116,6 +116,13 @@ pub struct TenantControlPlaneSpec {
     /// Add-ons installed into the tenant cluster.
     #[serde(default)]
     pub addons: AddonsSpec,
+
+    /// Puts the tenant to sleep: its control plane is scaled to zero pods (phase Sleeping) while
+    /// every certificate, key, Service address and byte of its data is kept; its add-ons in the
+    /// management cluster stop, and its NodePools keep their machines as they are. Set back to
+    /// false, the tenant wakes with the same data and endpoint.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sleep: bool,
 }
 
 fn default_replicas() -> i32 {

@@ -8,6 +8,9 @@ pub const CONTROL_PLANE_AVAILABLE: &str = "ControlPlaneAvailable";
 pub const TENANT_API_READY: &str = "TenantAPIReady";
 pub const TENANT_BOOTSTRAPPED: &str = "TenantBootstrapped";
 pub const READY: &str = "Ready";
+/// The reason of Ready, ControlPlaneAvailable, TenantAPIReady and AddonsReady while the tenant
+/// sleeps (spec.sleep).
+pub const SLEEPING: &str = "Sleeping";
 /// Every add-on switched on runs (not part of Ready).
 pub const ADDONS_READY: &str = "AddonsReady";
 /// True while reconciles fail; its reason names the kind of failure.

@@ -337,6 +337,8 @@ async fn a_live_tenant_serves_real_clients_and_kubeadm_discovery() {
         }
     }
 
+    sleep_and_wake(&ground, &tcps, &ns, &kubeconfig, &endpoint).await;
+
     // Delete: the tenant's keys go, the DataStore stays.
     tcps.delete("live", &DeleteParams::default()).await.unwrap();
     eventually("tenant deleted", Duration::from_secs(120), || async {
@@ -377,6 +379,121 @@ async fn a_live_tenant_serves_real_clients_and_kubeadm_discovery() {
 
 /// Prints the resident memory of the tenant's control-plane pod, from its memory cgroup
 /// (information for the benchmark figures; nothing is asserted).
+/// Puts tenant `live` to sleep and wakes it: its control-plane pods go (phase Sleeping, Ready
+/// False for that reason), then come back with the object written before the sleep, at the same
+/// endpoint. Prints how long each took.
+async fn sleep_and_wake(
+    ground: &Ground,
+    tcps: &Api<TenantControlPlane>,
+    ns: &str,
+    kubeconfig: &Path,
+    endpoint: &str,
+) {
+    check(
+        tenant_kubectl(
+            ground,
+            kubeconfig,
+            &[
+                "create",
+                "configmap",
+                "before-sleep",
+                "-n",
+                "hello",
+                "--from-literal=k=v",
+            ],
+        ),
+        "write an object before the sleep",
+    );
+    let control_plane_pods = || {
+        ground.kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            ns,
+            "-l",
+            "orrery.dev/tenant=live",
+            "-o",
+            "name",
+        ])
+    };
+    let patch = |sleep: bool| json!({"spec": {"sleep": sleep}});
+    let start = Instant::now();
+    tcps.patch("live", &PatchParams::default(), &Patch::Merge(&patch(true)))
+        .await
+        .unwrap();
+    eventually("the tenant asleep", Duration::from_secs(120), || async {
+        let status = tcps.get("live").await.ok()?.status?;
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+        (status.phase.as_deref() == Some("Sleeping")
+            && ready.status == "False"
+            && ready.reason == "Sleeping"
+            && control_plane_pods().trim().is_empty())
+        .then_some(())
+    })
+    .await
+    .unwrap();
+    let slept = start.elapsed();
+    assert!(
+        !tenant_kubectl(ground, kubeconfig, &["get", "--raw", "/readyz"])
+            .status
+            .success(),
+        "a sleeping tenant's apiserver answers"
+    );
+
+    let start = Instant::now();
+    tcps.patch(
+        "live",
+        &PatchParams::default(),
+        &Patch::Merge(&patch(false)),
+    )
+    .await
+    .unwrap();
+    let kept = eventually(
+        "the woken tenant's API",
+        Duration::from_secs(180),
+        || async {
+            let out = tenant_kubectl(
+                ground,
+                kubeconfig,
+                &[
+                    "get",
+                    "configmap",
+                    "before-sleep",
+                    "-n",
+                    "hello",
+                    "-o",
+                    "jsonpath={.data.k}",
+                ],
+            );
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        },
+    )
+    .await
+    .unwrap();
+    let answered = start.elapsed();
+    assert_eq!(kept, "v", "the object written before the sleep");
+    eventually(
+        "the woken tenant Ready",
+        Duration::from_secs(120),
+        || async {
+            let status = tcps.get("live").await.ok()?.status?;
+            (status.phase.as_deref() == Some("Ready")).then_some(status.endpoint)
+        },
+    )
+    .await
+    .map(|e| assert_eq!(e.as_deref(), Some(endpoint), "the same endpoint"))
+    .unwrap();
+    println!(
+        "live tenant: sleep → no control-plane pod {:.1} s; wake → tenant API answers {:.1} s, \
+         Ready {:.1} s",
+        slept.as_secs_f64(),
+        answered.as_secs_f64(),
+        start.elapsed().as_secs_f64()
+    );
+}
+
 fn print_memory(ground: &Ground, ns: &str) {
     std::thread::sleep(Duration::from_secs(10));
     let uid = ground.kubectl(&[

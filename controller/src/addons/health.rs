@@ -12,6 +12,7 @@ use super::autoscaler::deploy;
 use super::cloud;
 use crate::Result;
 use crate::api::TenantControlPlane;
+use crate::conditions::SLEEPING;
 use crate::context::Settings;
 use futures::StreamExt;
 use futures::channel::mpsc;
@@ -100,6 +101,13 @@ pub fn condition(
     cloud: Option<CloudReport>,
     autoscaler: Option<&Deployment>,
 ) -> (bool, &'static str, String) {
+    if tcp.spec.sleep {
+        return (
+            false,
+            SLEEPING,
+            "the tenant sleeps: its add-ons are stopped".into(),
+        );
+    }
     let mut running = Vec::new();
     // (reason, message) of each add-on that is on but not running.
     let mut waiting: Vec<(&'static str, String)> = Vec::new();
@@ -259,6 +267,17 @@ mod tests {
                 condition(&tcp(addons), &settings, cloud, autoscaler);
             assert_eq!((got_ok, got_reason), (ok, reason), "{what}: {message}");
         }
+
+        // A sleeping tenant's add-ons are stopped, whatever they last reported.
+        let mut asleep = tcp(both);
+        asleep.spec.sleep = true;
+        let (ok, reason, _) = condition(
+            &asleep,
+            &settings,
+            Some(CloudReport::Running),
+            Some(&running),
+        );
+        assert_eq!((ok, reason), (false, "Sleeping"));
 
         // Each add-on that waits is named, the first one's reason is the condition's.
         let unavailable = deployment(None);

@@ -25,6 +25,7 @@ use crate::apply::{MANAGED_BY, TENANT_LABEL};
 use crate::children::Children;
 use crate::conditions::{
     self, ADDONS_READY, CERTIFICATES_READY, CONTROL_PLANE_AVAILABLE, DATASTORE_READY, READY,
+    SLEEPING, TENANT_API_READY,
 };
 use crate::context::Context;
 use crate::etcd;
@@ -107,7 +108,12 @@ async fn reconcile_tenant(tcp: Arc<TenantControlPlane>, ctx: Arc<Context>) -> Re
         }
     }
     addons_condition(&tcp, &ctx, &mut tracker).await;
-    tracker.finish(&tcp.spec.version, &outcome, ctx.settings.tenant_access);
+    tracker.finish(
+        &tcp.spec.version,
+        &outcome,
+        ctx.settings.tenant_access,
+        tcp.spec.sleep,
+    );
     if tcp.status.as_ref() != Some(&tracker.status) {
         let patch = serde_json::json!({ "status": tracker.status });
         Api::<TenantControlPlane>::namespaced(
@@ -164,14 +170,14 @@ async fn tell(
     }
     match outcome {
         Err(Stop::Blocked(b)) if notes.news => {
-            ctx.event(
-                tcp,
-                EventType::Warning,
-                b.reason,
-                "Reconcile",
-                b.message.clone(),
-            )
-            .await;
+            // Sleep is asked for, not a fault.
+            let type_ = if b.reason == SLEEPING {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            };
+            ctx.event(tcp, type_, b.reason, "Reconcile", b.message.clone())
+                .await;
         }
         Err(stop @ Stop::Failed(_)) => {
             ctx.event(
@@ -267,6 +273,9 @@ async fn converge(
     children.prune::<Service>(ns).await?;
     children.prune::<Secret>(ns).await?;
 
+    if tcp.spec.sleep {
+        return Err(asleep(&deployment, ctx.settings.tenant_access, st).into());
+    }
     let available = observe_deployment(tcp, &deployment, st);
     if ctx.settings.tenant_access {
         tenant::bootstrap(tcp, ctx, &desired.pki, &exposure.endpoint, available, st).await?;
@@ -352,6 +361,36 @@ fn observe_deployment(tcp: &TenantControlPlane, deployment: &Deployment, st: &mu
         st.set(CONTROL_PLANE_AVAILABLE, false, "Unavailable", message);
     }
     available > 0
+}
+
+/// The status of a sleeping tenant, whose Deployment is scaled to zero: Ready is blocked for
+/// that reason, and ControlPlaneAvailable says how many pods are still stopping.
+fn asleep(deployment: &Deployment, tenant_access: bool, st: &mut Tracker) -> Blocked {
+    let left = deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(0);
+    let message = if left > 0 {
+        format!("scaled to zero by spec.sleep; {left} control-plane pods still stopping")
+    } else {
+        "scaled to zero by spec.sleep".to_string()
+    };
+    st.set(CONTROL_PLANE_AVAILABLE, false, SLEEPING, message);
+    if tenant_access {
+        st.set(
+            TENANT_API_READY,
+            false,
+            SLEEPING,
+            "the tenant sleeps: its apiserver does not run",
+        );
+    }
+    Blocked::until_changed(
+        READY,
+        SLEEPING,
+        "the tenant sleeps (spec.sleep): its control plane is scaled to zero, and its \
+         certificates, keys, endpoint and data are kept; set spec.sleep to false to wake it",
+    )
 }
 
 /// The host:port workers and users reach, and the Service's IPs, once the Service has them.

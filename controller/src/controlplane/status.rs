@@ -59,7 +59,13 @@ impl Tracker {
 
     /// Derives Degraded, Ready and the phase from the conditions and the reconcile's outcome.
     /// Ready never holds while reconciles fail.
-    pub fn finish(&mut self, spec_version: &str, outcome: &Result<(), Stop>, tenant_access: bool) {
+    pub fn finish(
+        &mut self,
+        spec_version: &str,
+        outcome: &Result<(), Stop>,
+        tenant_access: bool,
+        sleeping: bool,
+    ) {
         let blocked_ready = match outcome {
             Err(Stop::Failed(e)) => {
                 self.set(
@@ -125,6 +131,7 @@ impl Tracker {
             .is_some_and(|v| v != spec_version);
         self.status.phase = Some(
             match (ready, upgrading, self.status.version.is_some()) {
+                _ if sleeping => "Sleeping",
                 (_, true, _) => "Upgrading",
                 (true, false, _) => "Ready",
                 (false, false, true) => "NotReady",
@@ -292,7 +299,7 @@ mod tests {
                 t.block(b);
                 t.set(b.condition, true, "Ok", "");
             }
-            t.finish("v1.34.4", &outcome, true);
+            t.finish("v1.34.4", &outcome, true, false);
             assert_eq!(
                 condition(&t, READY),
                 (ready.into(), reason.into()),
@@ -312,5 +319,18 @@ mod tests {
         assert!(!t.block(&b), "same reason again is no news");
         let other = Blocked::waiting(TENANT_API_READY, "WaitingForControlPlane", "no pod");
         assert!(t.block(&other));
+    }
+
+    #[test]
+    fn a_sleeping_tenant_is_in_phase_sleeping_and_not_ready() {
+        let mut t = Tracker::new(&tcp(), time());
+        all_true(&mut t);
+        t.status.version = Some("v1.34.4".into());
+        let asleep = Blocked::until_changed(READY, crate::conditions::SLEEPING, "asleep");
+        let outcome = Err(Stop::Blocked(asleep));
+        t.finish("v1.34.4", &outcome, true, true);
+        assert_eq!(t.status.phase.as_deref(), Some("Sleeping"));
+        assert_eq!(condition(&t, READY), ("False".into(), "Sleeping".into()));
+        assert_eq!(condition(&t, DEGRADED).0, "False", "sleep is no fault");
     }
 }

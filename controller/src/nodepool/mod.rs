@@ -177,6 +177,17 @@ async fn dereference_tenant(pool: &NodePool, ctx: &Context) -> Result<Tenant, St
             "TenantControlPlane {name} is not running yet"
         )));
     };
+    if tcp.spec.sleep {
+        return Err(Blocked::until_changed(
+            READY,
+            "TenantAsleep",
+            format!(
+                "TenantControlPlane {name} sleeps (spec.sleep): its machines are kept as they are \
+                 until it wakes"
+            ),
+        )
+        .into());
+    }
     if !conditions::is_true(&status.conditions, TENANT_BOOTSTRAPPED) {
         return Err(waiting_for_tenant(format!(
             "TenantControlPlane {name} is not bootstrapped for joining nodes yet"

@@ -54,7 +54,9 @@ pub fn plan(tcp: &TenantControlPlane, settings: &Settings) -> Plan {
         .is_some_and(|s| s.kubeconfig_secret_ref.is_some());
     if tcp.meta().deletion_timestamp.is_some() {
         Plan::Idle("the tenant is being deleted")
-    } else if !tcp.spec.addons.cluster_autoscaler.enabled {
+    } else if !tcp.spec.addons.cluster_autoscaler.enabled || tcp.spec.sleep {
+        // A sleeping tenant's autoscaler would only fail against an apiserver that is not
+        // there: it goes, and comes back when the tenant wakes.
         Plan::Off
     } else if let Some(api) = &settings.autoscaler {
         if has_kubeconfig {

@@ -70,6 +70,8 @@ pub fn plan(tcp: &TenantControlPlane, settings: &Settings) -> Plan {
         Plan::Idle("the operator does not reach into tenants")
     } else if tcp.meta().deletion_timestamp.is_some() {
         Plan::Idle("the tenant is being deleted")
+    } else if tcp.spec.sleep {
+        Plan::Idle("the tenant sleeps")
     } else if !tcp.spec.addons.cloud_controller.enabled {
         Plan::Off
     } else if status.kubeconfig_secret_ref.is_none()

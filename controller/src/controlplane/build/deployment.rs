@@ -24,7 +24,8 @@ pub fn deployment(tcp: &TenantControlPlane, inputs: &DeploymentInputs) -> Deploy
     Deployment {
         metadata: meta(tcp, Names::new(tcp).workload(), COMPONENT),
         spec: Some(DeploymentSpec {
-            replicas: Some(tcp.spec.replicas),
+            // A sleeping tenant keeps its Deployment, with no pods.
+            replicas: Some(if tcp.spec.sleep { 0 } else { tcp.spec.replicas }),
             selector: LabelSelector {
                 match_labels: Some(selector_labels(tcp)),
                 ..Default::default()

@@ -269,3 +269,17 @@ fn egress_configuration_sends_cluster_traffic_over_the_socket() {
     }
     assert_eq!(doc["egressSelections"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn a_sleeping_tenant_keeps_its_deployment_with_no_pods() {
+    let asleep = tcp("version: v1.34.4\nreplicas: 3\nsleep: true\n");
+    let d = deployment(&asleep, &inputs(&asleep));
+    assert_eq!(d.spec.as_ref().unwrap().replicas, Some(0));
+    // Everything else is the awake tenant's: waking rolls nothing.
+    let mut awake = asleep.clone();
+    awake.spec.sleep = false;
+    let mut woken = deployment(&awake, &inputs(&awake));
+    assert_eq!(woken.spec.as_ref().unwrap().replicas, Some(3));
+    woken.spec.as_mut().unwrap().replicas = Some(0);
+    assert_eq!(woken, d);
+}
