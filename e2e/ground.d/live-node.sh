@@ -155,9 +155,12 @@ registerWithTaints:
   - {key: $live_taint, value: "true", effect: NoSchedule}
 serializeImagePulls: false
 # The images are imported, never pulled: never collect them, and evict only when really short.
+# Disk thresholds are absolute: under disk pressure the kubelet deletes every image no container
+# uses (the pause image and the worker's containerDisk among them), and 1% of a large shared disk
+# is gigabytes that builds come and go through.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-evictionHard: {memory.available: 100Mi, nodefs.available: 1%, nodefs.inodesFree: 1%, imagefs.available: 1%}
+evictionHard: {memory.available: 100Mi, nodefs.available: 512Mi, nodefs.inodesFree: 1%, imagefs.available: 512Mi}
 nodeStatusReportFrequency: 1m
 YAML
   # kube-proxy exits as soon as its configuration file is written to (a supervisor is to restart
@@ -264,8 +267,20 @@ start_kube_proxy() {
 }
 
 # Brings up the node, then what runs on it (live-addons.sh).
+# The live node needs room to work in (images, VM disks, volumes, logs), and so do the builds
+# that run beside it; short of it, the kubelet starts deleting the images it cannot pull again.
+# Refuse early with what to do rather than fail later at random.
+check_free_space() {
+  local need_gib=10 free_kib
+  free_kib=$(df --output=avail -k "$cache_root" | tail -1)
+  if ((free_kib < need_gib * 1024 * 1024)); then
+    die "only $((free_kib / 1024 / 1024)) GiB free under $cache_root; the live tier needs $need_gib GiB (free some: 'cargo clean', or 'e2e/ground down --purge' for grounds no longer used)"
+  fi
+}
+
 up_live() {
   live_tools_present
+  check_free_space
   local tarballs
   say "live tier: node $live_node at $node_ip"
   tarballs=$("$here/images" build) || die "e2e/images could not build the images"
