@@ -404,18 +404,7 @@ async fn sleep_and_wake(
         ),
         "write an object before the sleep",
     );
-    let control_plane_pods = || {
-        ground.kubectl(&[
-            "get",
-            "pods",
-            "-n",
-            ns,
-            "-l",
-            "orrery.dev/tenant=live",
-            "-o",
-            "name",
-        ])
-    };
+    let control_plane_pods = || control_plane_pods(ground, ns, "name");
     let patch = |sleep: bool| json!({"spec": {"sleep": sleep}});
     let start = Instant::now();
     tcps.patch("live", &PatchParams::default(), &Patch::Merge(&patch(true)))
@@ -494,9 +483,9 @@ async fn sleep_and_wake(
     );
 }
 
-fn print_memory(ground: &Ground, ns: &str) {
-    std::thread::sleep(Duration::from_secs(10));
-    let uid = ground.kubectl(&[
+/// Tenant `live`'s control-plane pods in `ns`, printed as kubectl's `-o` `output` says.
+fn control_plane_pods(ground: &Ground, ns: &str, output: &str) -> String {
+    ground.kubectl(&[
         "get",
         "pods",
         "-n",
@@ -504,8 +493,13 @@ fn print_memory(ground: &Ground, ns: &str) {
         "-l",
         "orrery.dev/tenant=live",
         "-o",
-        "jsonpath={.items[0].metadata.uid}",
-    ]);
+        output,
+    ])
+}
+
+fn print_memory(ground: &Ground, ns: &str) {
+    std::thread::sleep(Duration::from_secs(10));
+    let uid = control_plane_pods(ground, ns, "jsonpath={.items[0].metadata.uid}");
     let find = Command::new("find")
         .args([
             "/sys/fs/cgroup/memory",
