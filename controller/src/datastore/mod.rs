@@ -49,6 +49,8 @@ const ETCD_DEFAULT_IMAGE_TAG: &str = "3.6.4-0";
 /// Lifetime of the managed etcd's server and root certificates; renewed in the last third.
 const MANAGED_LEAF_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 const RETRY: Duration = Duration::from_secs(10);
+/// How soon a deletion held by a tenant is looked at again.
+const HELD_RETRY: Duration = Duration::from_secs(2);
 
 #[instrument(skip_all, fields(datastore = %ds.name_any()))]
 async fn reconcile(ds: Arc<DataStore>, ctx: Arc<Context>) -> Result<Action> {
@@ -83,6 +85,10 @@ async fn reconcile(ds: Arc<DataStore>, ctx: Arc<Context>) -> Result<Action> {
             .await?;
     }
     match reached {
+        // A deletion held by a tenant is looked at again soon: the tenant's deletion may wake
+        // this reconcile (through this controller's own watch) before the shared tenant store
+        // has seen it go, and no later event would come.
+        Ok(_) if deleting => Ok(Action::requeue(HELD_RETRY)),
         Ok(_) => Ok(Action::requeue(ctx.settings.resync)),
         Err(Stop::Blocked(_)) => Ok(Action::requeue(RETRY)),
         Err(Stop::Failed(e)) => Err(e),
