@@ -20,15 +20,31 @@ pub use nodepool::*;
 /// Kubernetes minor versions a tenant may run: the one place that spec.version's admission
 /// rule, the kubectl plugin, the per-minor release tables and the tests read (a test checks that
 /// spec.version's documentation names the same range).
-pub const SUPPORTED_MINORS: std::ops::RangeInclusive<u32> = 32..=34;
+pub const SUPPORTED_MINORS: std::ops::RangeInclusive<u32> = 34..=37;
 
-/// The supported range in words: `v1.32.0 to v1.34.x`.
+/// The supported range in words: `v1.34.0 to v1.37.x`.
 pub fn supported_range() -> String {
     format!(
         "v1.{}.0 to v1.{}.x",
         SUPPORTED_MINORS.start(),
         SUPPORTED_MINORS.end()
     )
+}
+
+/// The minor of a `vMAJOR.MINOR.PATCH` version.
+pub fn minor_of(version: &str) -> Option<u32> {
+    version.split('.').nth(1).and_then(|m| m.parse().ok())
+}
+
+/// The release a table keyed by minor gives `version`; the newest for a minor admission would
+/// refuse (a test keeps every table covering [`SUPPORTED_MINORS`]).
+pub fn release_for(table: &[(u32, &'static str)], version: &str) -> &'static str {
+    let minor = minor_of(version);
+    table
+        .iter()
+        .find(|(m, _)| Some(*m) == minor)
+        .or_else(|| table.last())
+        .map_or("", |(_, r)| r)
 }
 
 /// spec.version's admission rule for the range, made from [`SUPPORTED_MINORS`]. A version not of
@@ -66,11 +82,10 @@ fn version_range_rule() -> Rule {
     validation = Rule::new(
         "!has(oldSelf.dataStore) || (has(self.dataStore) && self.dataStore == oldSelf.dataStore)"
     ).message("spec.dataStore is immutable once set: moving a tenant to another DataStore is not supported yet"),
-    validation = service_range_size_rule(),
     validation = pod_range_size_rule(),
 )]
 pub struct TenantControlPlaneSpec {
-    /// Kubernetes version of the tenant control plane, as vMAJOR.MINOR.PATCH (v1.32.0 to v1.34.x).
+    /// Kubernetes version of the tenant control plane, as vMAJOR.MINOR.PATCH (v1.34.0 to v1.37.x).
     /// Upgrades go one minor version at a time; downgrades are refused.
     #[x_kube(
         validation = Rule::new(r"self.matches('^v[0-9]+\\.[0-9]+\\.[0-9]+$')")
@@ -1049,16 +1064,6 @@ fn port_free_in_pod_rule() -> Rule {
     )))
 }
 
-/// kube-apiserver before v1.34 refuses a service range of more than 2^20 addresses.
-fn service_range_size_rule() -> Rule {
-    Rule::new(
-        "!has(self.network) || !isCIDR(self.network.serviceCIDR) || \
-         !self.version.matches('^v1\\\\.[0-9]+\\\\.[0-9]+$') || int(self.version.split('.')[1]) >= 34 || \
-         cidr(self.network.serviceCIDR).prefixLength() >= (cidr(self.network.serviceCIDR).ip().family() == 4 ? 12 : 108)",
-    )
-    .message("spec.network.serviceCIDR may hold at most 2^20 addresses (a /12 for IPv4, a /108 for IPv6) before Kubernetes v1.34")
-}
-
 /// kube-controller-manager flags that change how it splits the pod range into node ranges.
 pub const NODE_RANGE_FLAGS: &[&str] = &[
     "allocate-node-cidrs",
@@ -1162,7 +1167,7 @@ mod tests {
     /// cannot leave a minor with another minor's component.
     #[test]
     fn every_supported_minor_has_its_releases() {
-        let tables: [(&str, &[(u32, &str)]); 2] = [
+        let tables: [(&str, &[(u32, &str)]); 3] = [
             (
                 "konnectivity",
                 &crate::controlplane::build::KONNECTIVITY_RELEASES,
@@ -1171,6 +1176,7 @@ mod tests {
                 "cluster-autoscaler",
                 &crate::addons::autoscaler::deploy::RELEASES,
             ),
+            ("coredns", &crate::tenant::COREDNS_RELEASES),
         ];
         for (component, table) in tables {
             let minors: Vec<u32> = table.iter().map(|(m, _)| *m).collect();

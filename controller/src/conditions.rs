@@ -13,6 +13,9 @@ pub const READY: &str = "Ready";
 pub const SLEEPING: &str = "Sleeping";
 /// Every add-on switched on runs (not part of Ready).
 pub const ADDONS_READY: &str = "AddonsReady";
+/// The control plane runs spec.version on every replica; while False, its reason says where a
+/// version change stands (RollingOut, RollStalled).
+pub const VERSION_CURRENT: &str = "VersionCurrent";
 /// True while reconciles fail; its reason names the kind of failure.
 pub const DEGRADED: &str = "Degraded";
 

@@ -33,33 +33,38 @@ go_build() { # dir output package ldflags
   (cd "$1" && go build -trimpath -ldflags "-s -w $4" -o "$2" "$3")
 }
 
-build_kube() { # workdir outdir
-  local work=$1/kube out=$2 kmod replaces major minor
+build_kube() { # workdir outdir version with-etcd(true|false)
+  local work=$1/kube out=$2 version=$3 with_etcd=$4 kmod replaces major minor
   mkdir -p "$work"
   cp "$here/go/kube/main.go" "$work/main.go"
-  kmod=$(cd "$work" && go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
-  [ -f "$kmod" ] || die "cannot download k8s.io/kubernetes@$KUBERNETES_VERSION"
+  if $with_etcd; then cp "$here/go/kube/etcd.go" "$work/etcd.go"; fi
+  kmod=$(cd "$work" && go mod download -json "k8s.io/kubernetes@$version" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
+  [ -f "$kmod" ] || die "cannot download k8s.io/kubernetes@$version"
   # k8s.io/kubernetes replaces its staging modules by local paths, which do not apply to a
   # dependency; point each one at its published v0.MINOR.PATCH release instead.
   replaces=$(sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\1#p' "$kmod")
   {
     echo "module orrery.dev/ground/kube"
     echo "go 1.24.0"
-    echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
-    echo "require go.etcd.io/etcd/server/v3 $ETCD_VERSION"
-    echo "require go.etcd.io/etcd/etcdctl/v3 $ETCD_VERSION"
-    for m in $replaces; do echo "replace $m => $m v0.${KUBERNETES_VERSION#v1.}"; done
+    echo "require k8s.io/kubernetes $version"
+    if $with_etcd; then
+      echo "require go.etcd.io/etcd/server/v3 $ETCD_VERSION"
+      echo "require go.etcd.io/etcd/etcdctl/v3 $ETCD_VERSION"
+    fi
+    for m in $replaces; do echo "replace $m => $m v0.${version#v1.}"; done
   } >"$work/go.mod"
   (cd "$work" && go mod tidy)
   major=1
-  minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
+  minor=${version#v1.}; minor=${minor%%.*}
   local ld="" pkg
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ld+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    ld+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
     ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
   go_build "$work" "$out/kube" . "$ld"
-  for link in "${kube_links[@]}"; do ln -sf kube "$out/$link"; done
+  for link in "${kube_links[@]}"; do
+    if $with_etcd || [[ $link != etcd* ]]; then ln -sf kube "$out/$link"; fi
+  done
 }
 
 build_tool() { # workdir outdir name module version package ldflags
@@ -76,7 +81,7 @@ build_all() { # outdir
   work="$cache_root/build/$(basename "$out")"
   rm -rf "$work" "$out.partial"
   mkdir -p "$work" "$out.partial"
-  build_kube "$work" "$out.partial"
+  build_kube "$work" "$out.partial" "$KUBERNETES_VERSION" true
   build_tool "$work" "$out.partial" kwok sigs.k8s.io/kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok ""
   build_tool "$work" "$out.partial" helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
     "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
@@ -104,6 +109,52 @@ cmd_build() {
 }
 
 cmd_bin_dir() { bin_dir; }
+
+# Tenant versions: the Kubernetes releases tenants run on the live tier (TENANT_KUBERNETES_VERSIONS
+# in versions.env). The ground's own version is its build above; every other one is a multi-call
+# kube binary without etcd in <cache>/kube/<version>-<key>, keyed like the ground's binaries.
+tenant_kube_key() { # version
+  {
+    echo "$1"
+    cat "$here/go/kube/main.go"
+    sed -n '/^# build-recipe-begin/,/^# build-recipe-end/p' "$here/ground.d/build.sh"
+    go env GOVERSION GOARCH
+  } | sha256sum | cut -c1-16
+}
+
+tenant_kube_dir() { # version
+  if [ "$1" = "$KUBERNETES_VERSION" ]; then bin_dir; return; fi
+  printf '%s/kube/%s-%s\n' "$cache_root" "$1" "$(tenant_kube_key "$1")"
+}
+
+tenant_kube_is_complete() { # dir
+  [ -f "$1/SHA256SUMS" ] && [ -x "$1/kube" ] &&
+    (cd "$1" && sha256sum --quiet --check SHA256SUMS >/dev/null 2>&1)
+}
+
+# e2e/ground build-kube VERSION: build (or reuse) that version's kube binary; print its directory.
+cmd_build_kube() {
+  local version=${1:-} dir work start
+  [[ " $TENANT_KUBERNETES_VERSIONS " == *" $version "* ]] ||
+    die "usage: e2e/ground build-kube VERSION, one of TENANT_KUBERNETES_VERSIONS: $TENANT_KUBERNETES_VERSIONS"
+  if [ "$version" = "$KUBERNETES_VERSION" ]; then cmd_build; bin_dir; return; fi
+  dir=$(tenant_kube_dir "$version")
+  if ! tenant_kube_is_complete "$dir"; then
+    command -v go >/dev/null || die "go is not installed (CI installs it through .ci/run)"
+    say "building Kubernetes $version (a tenant version) into $dir"
+    start=$(date +%s)
+    work="$cache_root/build/$(basename "$dir")"
+    rm -rf "$work" "$dir.partial"
+    mkdir -p "$work" "$dir.partial"
+    build_kube "$work" "$dir.partial" "$version" false
+    (cd "$dir.partial" && sha256sum kube >SHA256SUMS)
+    rm -rf "$dir" "$work"
+    mv "$dir.partial" "$dir"
+    tenant_kube_is_complete "$dir" || die "build finished but $dir does not verify"
+    say "built Kubernetes $version in $(( $(date +%s) - start ))s"
+  fi
+  echo "$dir"
+}
 
 # Whether a build is in place, without hashing it: `env` runs before every test, and `up`
 # verifies the checksums anyway.

@@ -6,7 +6,7 @@
 # PAUSE_TAG, live (its tools: mkimage, crictl) and the pins of versions.env, and defines say, die,
 # layer_tar and build_node_images.
 #
-# The image orrery.dev/worker:$KUBERNETES_VERSION holds, each mode 0444:
+# The image orrery.dev/worker:<version> (one per WORKER_KUBERNETES_VERSIONS) holds, each mode 0444:
 #   /disk/worker.qcow2   the guest's disk: one ext4 filesystem labelled orrery-root on the whole
 #                        disk (no partition table, no bootloader), 6 GiB virtual, compressed qcow2
 #   /boot/vmlinuz, /boot/initrd.img   the guest's own kernel and initrd, for KubeVirt's kernelBoot
@@ -15,10 +15,14 @@
 # Caches, each keyed by the hash of what decides its bits:
 #   <cache>/worker/rootfs-<suite>-<key>.tar      the Debian tree from mmdebstrap (suite, packages)
 #   <cache>/images/worker-<version>-<key>.tar    the image tarball (the tree, e2e/worker/, the kube
-#                                                binary, the preloaded tarballs, this recipe)
+#                                                binary of <version>, the preloaded tarballs, this
+#                                                recipe)
 # Every result is written beside its final name and renamed into place when complete.
 
-worker_ref() { printf 'orrery.dev/worker:%s\n' "$KUBERNETES_VERSION"; }
+# The version of the image being built or checked (ensure_worker_image sets it).
+worker_version=$KUBERNETES_VERSION
+
+worker_ref() { printf 'orrery.dev/worker:%s\n' "${1:-$worker_version}"; }
 
 worker_root_label="orrery-root"
 # The kernel command line of kernelBoot (spec.domain.firmware.kernelBoot.kernelArgs): the root
@@ -27,8 +31,18 @@ worker_root_label="orrery-root"
 worker_kernel_args="root=LABEL=$worker_root_label rw console=ttyS0"
 
 # The image groups of e2e/images preloaded into the guest's containerd: the sandbox, kube-proxy,
-# CoreDNS and konnectivity-agent (more images a node runs go here).
-worker_preload_groups=(pause kube-proxy coredns konnectivity)
+# CoreDNS and konnectivity-agent of the image's version (more images a node runs go here).
+worker_preload_groups() {
+  local minor=${worker_version#v1.} konnectivity coredns
+  minor=${minor%%.*}
+  konnectivity=$(addon_releases 2 "$minor")
+  coredns=$(addon_releases 3 "$minor")
+  [ -n "$konnectivity" ] && [ -n "$coredns" ] || die "TENANT_ADDON_RELEASES has no entry for minor $minor"
+  echo pause
+  if [ "$worker_version" = "$KUBERNETES_VERSION" ]; then echo kube-proxy; else echo "kube-proxy-$worker_version"; fi
+  if [ "$konnectivity" = "$KONNECTIVITY_VERSION" ]; then echo konnectivity; else echo "konnectivity-$konnectivity"; fi
+  if [ "$coredns" = "$COREDNS_VERSION" ]; then echo coredns; else echo "coredns-$coredns"; fi
+}
 
 # ---------------------------------------------------------------------------------------------
 # the Debian tree
@@ -228,8 +242,8 @@ build_worker() { # tree-tarball output
   # KubeVirt runs the image with its own container-disk program mounted at this path.
   nice -n 19 "$live/mkimage" -o "$out.partial" -layer "$work/layer.tar" -image "$(worker_ref)=/usr/bin/container-disk"
   rm -rf "$work"
-  # Images of other inputs are stale (a few hundred MB each).
-  rm -f "$cache_root/images/worker"-*.tar
+  # Images of this version with other inputs are stale (a few hundred MB each).
+  rm -f "$cache_root/images/worker-$worker_version"-*.tar
   mv "$out.partial" "$out"
 }
 # worker-image-end
@@ -237,7 +251,7 @@ build_worker() { # tree-tarball output
 worker_key() {
   {
     basename "$worker_rootfs"
-    echo "$KUBERNETES_VERSION $PAUSE_TAG"
+    echo "$worker_version $PAUSE_TAG"
     sha256sum "$kube_bin/kube" "$live/crictl" "$live/mkimage" | cut -d' ' -f1
     basename -a "${worker_preload[@]}"
     (cd "$here/worker" && find . -type f | LC_ALL=C sort | xargs sha256sum)
@@ -254,26 +268,27 @@ worker_preload_tarballs() {
   list=$(build_node_images)
   mapfile -t tarballs <<<"$list"
   worker_preload=()
-  for g in "${worker_preload_groups[@]}"; do
+  for g in $(worker_preload_groups); do
     found=""
-    for t in "${tarballs[@]}"; do [[ $(basename "$t") =~ ^$g-[0-9a-f]+\.tar$ ]] && found=$t; done
+    for t in "${tarballs[@]}"; do [[ $(basename "$t") =~ ^${g//./\\.}-[0-9a-f]{16}\.tar$ ]] && found=$t; done
     [ -n "$found" ] || die "no image tarball of group $g"
     worker_preload+=("$found")
   done
 }
 
 # Builds the worker image tarball unless it exists; prints its path.
-ensure_worker_image() {
+ensure_worker_image() { # version
   local out start t
+  worker_version=$1
   [ "$(id -u)" = 0 ] || die "the worker image is built as root (chroot, its containerd, file owners)"
-  kube_bin=$("$here/ground" bin-dir)
+  kube_bin=$("$here/ground" build-kube "$worker_version") || die "cannot build Kubernetes $worker_version"
   [ -x "$kube_bin/kube" ] || die "no kube binary in $kube_bin: run 'e2e/ground build' first"
   for t in mkfs.ext4 qemu-img containerd ctr; do
     command -v "$t" >/dev/null || die "$t is not installed (e2e/install-deps)"
   done
   worker_preload_tarballs
   ensure_worker_rootfs
-  out=$cache_root/images/worker-$KUBERNETES_VERSION-$(worker_key).tar
+  out=$cache_root/images/worker-$worker_version-$(worker_key).tar
   if [ -f "$out" ]; then
     say "worker image up to date in $out"
   else
@@ -345,7 +360,7 @@ worker_check_seed() { # qemu-tree workdir nocloud|configdrive
   rm -rf "$dir"
   ud=$(
     printf '#cloud-config\nwrite_files:\n  - path: /usr/local/sbin/orrery-check\n    permissions: "0755"\n    content: |\n'
-    worker_check_script | sed -e "s#@KUBE_PROXY_IMAGE@#registry.k8s.io/kube-proxy:$KUBERNETES_VERSION#" -e 's/^/      /'
+    worker_check_script | sed -e "s#@KUBE_PROXY_IMAGE@#registry.k8s.io/kube-proxy:$worker_version#" -e 's/^/      /'
     printf 'runcmd:\n  - [systemd-run, --no-block, --unit=orrery-check, /usr/local/sbin/orrery-check]\n'
   )
   if [ "$3" = configdrive ]; then
@@ -398,10 +413,10 @@ worker_check_verdict() { # report
   worker_expect "$log" "cgroup cgroup2fs"
   worker_expect "$log" "containerd active"
   while read -r ref; do worker_expect "$log" "image $ref"; done < <(worker_preloaded_refs)
-  worker_expect "$log" "kubelet Kubernetes $KUBERNETES_VERSION"
-  worker_expect "$log" "kubeadm $KUBERNETES_VERSION"
+  worker_expect "$log" "kubelet Kubernetes $worker_version"
+  worker_expect "$log" "kubeadm $worker_version"
   worker_expect "$log" "kubelet-unit enabled"
-  worker_expect "$log" "pod Kubernetes $KUBERNETES_VERSION"
+  worker_expect "$log" "pod Kubernetes $worker_version"
   worker_expect "$log" "pod-iptables -P PREROUTING ACCEPT"
   worker_expect "$log" "pod-network-unit enabled active"
   worker_expect "$log" "node-address-unit enabled active"
@@ -414,11 +429,11 @@ worker_check_verdict() { # report
 
 # Boots the worker image under emulation (TCG; 1 vCPU, 2 GiB, q35, virtio disk and NIC, user-mode
 # network with DHCP) from its own kernel and initrd, with a seed disk; checks the guest's report.
-cmd_worker_check() { # [nocloud|configdrive]
+cmd_worker_check() { # [nocloud|configdrive] [version]
   local ds=${1:-nocloud} work q layer start pid t finished="" bad
   [[ $ds =~ ^(nocloud|configdrive)$ ]] || die "worker-check: datasource nocloud or configdrive"
   ensure_live_tools
-  ensure_worker_image
+  ensure_worker_image "${2:-$KUBERNETES_VERSION}"
   ensure_kubevirt_rootfs
   mkdir -p "$cache_root/build"
   work=$(mktemp -d "$cache_root/build/worker-check.XXXXXX")
@@ -458,5 +473,5 @@ cmd_worker_check() { # [nocloud|configdrive]
   bad=$(worker_check_verdict "$work/report")
   [ -z "$bad" ] || die "the worker image failed its check (see $work/serial.log):"$'\n'"$bad"
   rm -rf "$work"
-  say "worker image checked: booted, cloud-init ($ds) finished in ${finished}s, images preloaded, a pod ran kube-proxy and its iptables, the pod network unit waits, kubelet and kubeadm $KUBERNETES_VERSION"
+  say "worker image checked: booted, cloud-init ($ds) finished in ${finished}s, images preloaded, a pod ran kube-proxy and its iptables, the pod network unit waits, kubelet and kubeadm $worker_version"
 }

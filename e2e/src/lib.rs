@@ -3,11 +3,13 @@
 //!
 //! The ground is located through `e2e/ground env`; a test never skips when the ground is missing,
 //! it fails and says how to start it. [`live`] holds what the tests of the live tier share;
-//! [`autoscaler`] connects to Orrery's cluster-autoscaler API as a tenant's autoscaler does.
+//! [`autoscaler`] connects to Orrery's cluster-autoscaler API as a tenant's autoscaler does;
+//! [`prober`] keeps reading and writing a tenant's API while it upgrades.
 
 pub mod autoscaler;
 pub mod bench;
 pub mod live;
+pub mod prober;
 
 use anyhow::{Context as _, Result, bail};
 use std::collections::BTreeMap;
@@ -21,6 +23,17 @@ pub fn repo_root() -> PathBuf {
         .parent()
         .expect("e2e has a parent")
         .to_path_buf()
+}
+
+/// A pin of `e2e/versions.env` (`KEY=value` or `KEY="value"`, as bash reads it); fails when the
+/// file has no such line.
+pub fn versions_env(key: &str) -> String {
+    let path = repo_root().join("e2e/versions.env");
+    let text = std::fs::read_to_string(&path).expect("e2e/versions.env");
+    text.lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .unwrap_or_else(|| panic!("{} has no {key}=", path.display()))
 }
 
 /// A running test ground, as described by `e2e/ground env`.

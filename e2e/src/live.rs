@@ -1,10 +1,13 @@
 //! What the tests of the live tier share: the live ground itself, placement on its real node,
-//! Orrery installed there with its Helm chart, and a managed DataStore whose etcd really runs.
+//! Orrery installed there with its Helm chart, a managed DataStore whose etcd really runs, and
+//! kubectl against a tenant.
 
 use crate::{Ground, eventually, repo_root, unique_name};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use orrery::api::DataStore;
-use serde_json::json;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
@@ -315,4 +318,67 @@ impl Drop for Namespace<'_> {
             &["delete", "namespace", &self.name, "--wait=false"],
         );
     }
+}
+
+/// kubectl against the tenant.
+pub struct Tenant {
+    pub ground: Ground,
+    pub kubeconfig: PathBuf,
+}
+
+impl Tenant {
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut all = vec!["--kubeconfig", self.kubeconfig.to_str().unwrap()];
+        all.extend_from_slice(args);
+        self.ground.run("kubectl", &all)
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        check(
+            self.run(args),
+            &format!("tenant kubectl {}", args.join(" ")),
+        )
+    }
+
+    /// Server-side applies one object in the tenant.
+    pub fn apply(&self, value: &Value) {
+        let file = std::env::temp_dir().join(format!("{}.json", unique_name("tenant-apply")));
+        std::fs::write(&file, value.to_string()).unwrap();
+        self.kubectl(&["apply", "--server-side", "-f", file.to_str().unwrap()]);
+    }
+
+    /// The Nodes of the pool `workers`: name → (Ready status, providerID).
+    pub fn nodes(&self) -> Vec<(String, String, String)> {
+        self.nodes_of("workers")
+    }
+
+    /// The Nodes of a pool: name → (Ready status, providerID).
+    pub fn nodes_of(&self, pool: &str) -> Vec<(String, String, String)> {
+        let out = self.kubectl(&[
+            "get",
+            "nodes",
+            "-l",
+            &format!("orrery.dev/nodepool={pool}"),
+            "-o",
+            r#"jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status} {.spec.providerID}{"\n"}{end}"#,
+        ]);
+        out.lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some((
+                    f.next()?.to_string(),
+                    f.next().unwrap_or("").to_string(),
+                    f.next().unwrap_or("").to_string(),
+                ))
+            })
+            .collect()
+    }
+}
+
+/// Writes the tenant admin kubeconfig of a `<tenant>-admin-kubeconfig` Secret into `dir`.
+pub fn write_admin_kubeconfig(secret: &Secret, dir: &Path) -> PathBuf {
+    let text = String::from_utf8(secret.data.as_ref().unwrap()["kubeconfig"].0.clone()).unwrap();
+    let path = dir.join("admin.kubeconfig");
+    std::fs::write(&path, text).unwrap();
+    path
 }

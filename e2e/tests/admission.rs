@@ -390,11 +390,6 @@ async fn bad_tenant_specs_are_refused_on_create() {
                 "spec.network.serviceCIDR must hold at least 16 addresses",
             ),
             (
-                "service CIDR over 2^20 addresses before v1.34",
-                json!({"version": "v1.33.4", "network": {"serviceCIDR": "10.0.0.0/11", "podCIDR": "10.244.0.0/16"}}),
-                "spec.network.serviceCIDR may hold at most 2^20 addresses",
-            ),
-            (
                 "pod CIDR smaller than a node's range",
                 with(json!({"network": {"podCIDR": "10.244.0.0/25"}})),
                 "spec.network.podCIDR must be a /24 or larger for IPv4",
@@ -552,7 +547,7 @@ async fn immutable_fields_and_version_skew_are_refused_on_update() {
     let name = "updates";
     api.create(
         &PostParams::default(),
-        &tcp(name, json!({"version": "v1.33.4", "dataStore": "ds-a"})),
+        &tcp(name, json!({"version": "v1.35.4", "dataStore": "ds-a"})),
     )
     .await
     .unwrap();
@@ -598,12 +593,12 @@ async fn immutable_fields_and_version_skew_are_refused_on_update() {
         ),
         (
             "minor downgrade",
-            json!({"version": "v1.32.9"}),
+            json!({"version": "v1.34.9"}),
             "spec.version may not be downgraded",
         ),
         (
             "patch downgrade",
-            json!({"version": "v1.33.3"}),
+            json!({"version": "v1.35.3"}),
             "spec.version may not be downgraded",
         ),
     ];
@@ -611,20 +606,20 @@ async fn immutable_fields_and_version_skew_are_refused_on_update() {
         assert_refused(case, patch(spec).await, expected);
     }
     // Allowed: a patch upgrade and a one-minor upgrade.
-    patch(json!({"version": "v1.33.9"}))
+    patch(json!({"version": "v1.35.9"}))
         .await
         .expect("patch upgrade is allowed");
-    patch(json!({"version": "v1.34.0"}))
+    patch(json!({"version": "v1.36.0"}))
         .await
         .expect("one-minor upgrade is allowed");
     patch(json!({"replicas": 3}))
         .await
         .expect("replicas are mutable");
 
-    // Skipping a minor: start from v1.32.
+    // Skipping a minor: start from v1.34.
     api.create(
         &PostParams::default(),
-        &tcp("skip", json!({"version": "v1.32.1"})),
+        &tcp("skip", json!({"version": "v1.34.1"})),
     )
     .await
     .unwrap();
@@ -635,7 +630,7 @@ async fn immutable_fields_and_version_skew_are_refused_on_update() {
                 dry_run: true,
                 ..Default::default()
             },
-            &Patch::Merge(json!({"spec": {"version": "v1.34.0"}})),
+            &Patch::Merge(json!({"spec": {"version": "v1.36.0"}})),
         )
         .await;
     assert_refused(

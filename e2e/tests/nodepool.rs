@@ -20,70 +20,13 @@ use orrery_e2e::autoscaler::proto::{
 };
 use orrery_e2e::autoscaler::{self, CloudConfig};
 use orrery_e2e::live::{
-    Release, apply_json, check, live_ground, live_scheduling, managed_datastore,
-    restricted_namespace, wait_tenant_ready,
+    Release, Tenant, apply_json, check, live_ground, live_scheduling, managed_datastore,
+    restricted_namespace, wait_tenant_ready, write_admin_kubeconfig,
 };
 use orrery_e2e::{Ground, eventually, install_crds, unique_name};
 use prost::Message;
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::{Duration, Instant};
-
-/// kubectl against the tenant.
-struct Tenant {
-    ground: Ground,
-    kubeconfig: PathBuf,
-}
-
-impl Tenant {
-    fn run(&self, args: &[&str]) -> Output {
-        let mut all = vec!["--kubeconfig", self.kubeconfig.to_str().unwrap()];
-        all.extend_from_slice(args);
-        self.ground.run("kubectl", &all)
-    }
-
-    fn kubectl(&self, args: &[&str]) -> String {
-        check(
-            self.run(args),
-            &format!("tenant kubectl {}", args.join(" ")),
-        )
-    }
-
-    /// Server-side applies one object in the tenant.
-    fn apply(&self, value: &Value) {
-        let file = std::env::temp_dir().join(format!("{}.json", unique_name("tenant-apply")));
-        std::fs::write(&file, value.to_string()).unwrap();
-        self.kubectl(&["apply", "--server-side", "-f", file.to_str().unwrap()]);
-    }
-
-    /// The Nodes of the pool `workers`: name → (Ready status, providerID).
-    fn nodes(&self) -> Vec<(String, String, String)> {
-        self.nodes_of("workers")
-    }
-
-    /// The Nodes of a pool: name → (Ready status, providerID).
-    fn nodes_of(&self, pool: &str) -> Vec<(String, String, String)> {
-        let out = self.kubectl(&[
-            "get",
-            "nodes",
-            "-l",
-            &format!("orrery.dev/nodepool={pool}"),
-            "-o",
-            r#"jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status} {.spec.providerID}{"\n"}{end}"#,
-        ]);
-        out.lines()
-            .filter_map(|l| {
-                let mut f = l.split_whitespace();
-                Some((
-                    f.next()?.to_string(),
-                    f.next().unwrap_or("").to_string(),
-                    f.next().unwrap_or("").to_string(),
-                ))
-            })
-            .collect()
-    }
-}
 
 /// Everything a failed wait should show: the pool, its VMs, VMIs and launcher pods, the tail of
 /// each guest's console, the controller's log and the tenant's nodes.
@@ -288,13 +231,6 @@ fn named_pool_yaml(name: &str, ns: &str, replicas: u32, memory: &str) -> Value {
             "drainTimeout": "2m"
         }
     })
-}
-
-fn write_admin_kubeconfig(secret: &Secret, dir: &Path) -> PathBuf {
-    let text = String::from_utf8(secret.data.as_ref().unwrap()["kubeconfig"].0.clone()).unwrap();
-    let path = dir.join("admin.kubeconfig");
-    std::fs::write(&path, text).unwrap();
-    path
 }
 
 /// Images the worker image preloads (there is no registry).

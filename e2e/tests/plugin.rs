@@ -139,7 +139,7 @@ fn errors_say_what_to_do() {
         &json!({
             "apiVersion": "orrery.dev/v1alpha1", "kind": "TenantControlPlane",
             "metadata": {"name": "t", "namespace": ns},
-            "spec": {"version": "v1.32.1", "dataStore": "no-such-datastore"}
+            "spec": {"version": "v1.34.1", "dataStore": "no-such-datastore"}
         })
         .to_string(),
     );
@@ -156,19 +156,19 @@ fn errors_say_what_to_do() {
     let outside = format!("outside the supported range {}", supported_range());
     let cases = [
         (
-            "v1.34.0",
+            "v1.36.0",
             1,
-            "cannot upgrade t: v1.32.1 → v1.34.0 skips a minor version: upgrade one minor at a \
-             time, first to v1.33.x",
+            "cannot upgrade t: v1.34.1 → v1.36.0 skips a minor version: upgrade one minor at a \
+             time, first to v1.35.x",
         ),
-        ("v1.32.0", 1, "v1.32.1 → v1.32.0 is a downgrade"),
+        ("v1.34.0", 1, "v1.34.1 → v1.34.0 is a downgrade"),
         (newer.as_str(), 2, outside.as_str()),
-        ("1.33.0", 2, "vMAJOR.MINOR.PATCH"),
+        ("1.35.0", 2, "vMAJOR.MINOR.PATCH"),
     ];
     for (to, code, words) in cases {
         let out = plugin(&ground, &["upgrade", "t", "-n", &ns, "--to", to]);
         refused(&out, code, &[words]);
-        assert_eq!(spec_version(&ground, &ns, "t"), "v1.32.1", "--to {to}");
+        assert_eq!(spec_version(&ground, &ns, "t"), "v1.34.1", "--to {to}");
     }
     // The apiserver refuses the skip as well.
     let patch = ground.run(
@@ -181,7 +181,7 @@ fn errors_say_what_to_do() {
             &ns,
             "--type=merge",
             "-p",
-            r#"{"spec":{"version":"v1.34.0"}}"#,
+            r#"{"spec":{"version":"v1.36.0"}}"#,
         ],
     );
     refused(&patch, 1, &["upgrade one minor at a time"]);
@@ -189,15 +189,15 @@ fn errors_say_what_to_do() {
     // A good version is set, by the plugin's field manager.
     let out = plugin(
         &ground,
-        &["upgrade", "t", "-n", &ns, "--to", "v1.33.0", "--no-wait"],
+        &["upgrade", "t", "-n", &ns, "--to", "v1.35.0", "--no-wait"],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("tenantcontrolplane.orrery.dev/t: spec.version v1.32.1 → v1.33.0"),
+        stderr(&out).contains("tenantcontrolplane.orrery.dev/t: spec.version v1.34.1 → v1.35.0"),
         "{}",
         stderr(&out)
     );
-    assert_eq!(spec_version(&ground, &ns, "t"), "v1.33.0");
+    assert_eq!(spec_version(&ground, &ns, "t"), "v1.35.0");
     let managers = ground.kubectl(&[
         "get",
         "tcp",

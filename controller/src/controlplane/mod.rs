@@ -14,6 +14,7 @@ pub mod dereference;
 pub mod desired;
 mod status;
 mod tenant;
+pub mod upgrade;
 pub mod validate;
 
 pub use build::*;
@@ -25,7 +26,7 @@ use crate::apply::{MANAGED_BY, TENANT_LABEL};
 use crate::children::Children;
 use crate::conditions::{
     self, ADDONS_READY, CERTIFICATES_READY, CONTROL_PLANE_AVAILABLE, DATASTORE_READY, READY,
-    SLEEPING, TENANT_API_READY,
+    SLEEPING, TENANT_API_READY, VERSION_CURRENT,
 };
 use crate::context::Context;
 use crate::etcd;
@@ -35,11 +36,11 @@ use desired::Exposure;
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
@@ -191,6 +192,7 @@ async fn tell(
         }
         _ => {}
     }
+    version_events(tcp, ctx, status).await;
     let ready = conditions::is_true(&status.conditions, READY);
     if ready && !notes.was_ready {
         let endpoint = status.endpoint.clone().unwrap_or_default();
@@ -200,6 +202,38 @@ async fn tell(
     } else if notes.was_ready && !ready {
         let note = "the tenant control plane is no longer Ready".to_string();
         ctx.event(tcp, EventType::Warning, "NotReady", "Reconcile", note)
+            .await;
+    }
+}
+
+/// An upgrade that completed, and a roll that stalled (once, when it starts to).
+async fn version_events(
+    tcp: &TenantControlPlane,
+    ctx: &Context,
+    status: &TenantControlPlaneStatus,
+) {
+    let before = tcp.status.clone().unwrap_or_default();
+    if let (Some(old), Some(new)) = (&before.version, &status.version)
+        && old != new
+    {
+        let note = format!("the control plane runs {new} on every replica (was {old})");
+        ctx.event(tcp, EventType::Normal, "Upgraded", "Reconcile", note)
+            .await;
+    }
+    let reason = |s: &TenantControlPlaneStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == VERSION_CURRENT)
+            .map(|c| c.reason.clone())
+    };
+    if reason(status).as_deref() == Some("RollStalled") && reason(&before) != reason(status) {
+        let message = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == VERSION_CURRENT)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        ctx.event(tcp, EventType::Warning, "RollStalled", "Reconcile", message)
             .await;
     }
 }
@@ -277,6 +311,7 @@ async fn converge(
         return Err(asleep(&deployment, ctx.settings.tenant_access, st).into());
     }
     let available = observe_deployment(tcp, &deployment, st);
+    observe_version(tcp, ctx, &deployment, st).await;
     if ctx.settings.tenant_access {
         tenant::bootstrap(tcp, ctx, &desired.pki, &exposure.endpoint, available, st).await?;
     }
@@ -361,6 +396,36 @@ fn observe_deployment(tcp: &TenantControlPlane, deployment: &Deployment, st: &mu
         st.set(CONTROL_PLANE_AVAILABLE, false, "Unavailable", message);
     }
     available > 0
+}
+
+/// VersionCurrent, from the roll; when the roll stalled, it names what holds the new pods back.
+async fn observe_version(
+    tcp: &TenantControlPlane,
+    ctx: &Context,
+    deployment: &Deployment,
+    st: &mut Tracker,
+) {
+    let roll = upgrade::Roll::of(deployment, tcp.spec.replicas);
+    let mut why = None;
+    if roll.stalled.is_some() {
+        let selector = build::selector_labels(tcp)
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let pods = Api::<Pod>::namespaced(ctx.client.clone(), &tcp.namespace().unwrap_or_default());
+        // Best effort: the condition says the roll stalled whether or not the pods can be read.
+        if let Ok(list) = pods.list(&ListParams::default().labels(&selector)).await {
+            why = upgrade::why_pods_wait(&list.items);
+        }
+    }
+    let (current, reason, message) = upgrade::condition(
+        &tcp.spec.version,
+        st.status.version.as_deref(),
+        &roll,
+        why.as_deref(),
+    );
+    st.set(VERSION_CURRENT, current, reason, message);
 }
 
 /// The status of a sleeping tenant, whose Deployment is scaled to zero: Ready is blocked for

@@ -49,6 +49,11 @@ pub async fn bootstrap(
         endpoint: endpoint.to_string(),
         ca_pem: pki.certs.get(pki::CA_CRT).cloned().unwrap_or_default(),
         image_registry: ctx.settings.image_registry.clone(),
+        running_version: st
+            .status
+            .version
+            .clone()
+            .unwrap_or_else(|| tcp.spec.version.clone()),
     };
     let objects = tenant::build(tcp, &inputs)?;
     match tenant::apply::apply_and_prune(&client, &objects).await {

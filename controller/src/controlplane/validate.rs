@@ -228,7 +228,7 @@ mod spec_rules {
                 "spec.network.serviceCIDR and spec.network.podCIDR must not overlap".into(),
             );
         }
-        service_range(spec, &service)?;
+        service_range(&service)?;
         pod_range(spec, &pods)?;
         dns_service_ip(net, &service)?;
         match net
@@ -256,17 +256,9 @@ mod spec_rules {
         net.max_prefix_len() - net.prefix_len()
     }
 
-    fn service_range(spec: &TenantControlPlaneSpec, service: &IpNet) -> Result<(), String> {
+    fn service_range(service: &IpNet) -> Result<(), String> {
         if host_bits(service) < 4 {
             return Err("spec.network.serviceCIDR must hold at least 16 addresses (a /28 for IPv4, a /124 for IPv6): the network address, the kubernetes Service, the DNS Service (by default the tenth address) and the tenant's own Services".into());
-        }
-        let minor = spec
-            .version
-            .split('.')
-            .nth(1)
-            .and_then(|m| m.parse::<u32>().ok());
-        if minor.is_some_and(|m| m < 34) && host_bits(service) > 20 {
-            return Err("spec.network.serviceCIDR may hold at most 2^20 addresses (a /12 for IPv4, a /108 for IPv6) before Kubernetes v1.34".into());
         }
         Ok(())
     }
@@ -376,7 +368,7 @@ mod spec_tests {
             format!("version: v1.34.4\ncontrolPlane:\n  scheduler:\n    image: registry.example:5000/k8s/kube-scheduler:v1.34.4@sha256:{digest}\naddons:\n  coreDNS:\n    image: coredns/coredns:1.12.1\n"),
             "version: v1.34.4\nnetwork:\n  serviceCIDR: fd00:10:96::/108\n  podCIDR: fd00:10:244::/56\n  dnsServiceIP: fd00:10:96::a\n  certSANs: [\"::1\", api.example.com]\n".into(),
             "version: v1.34.4\nnetwork:\n  serviceCIDR: 10.96.0.0/28\n  dnsServiceIP: 10.96.0.14\n".into(),
-            // v1.34 lifts the 2^20 limit of the service range.
+            // A service range of over 2^20 addresses (allowed from v1.34 on).
             "version: v1.34.4\nnetwork:\n  serviceCIDR: 10.0.0.0/11\n  podCIDR: 10.244.0.0/16\n".into(),
             // A smaller node range makes a small pod range work.
             "version: v1.34.4\nnetwork:\n  podCIDR: 10.244.0.0/26\ncontrolPlane:\n  controllerManager:\n    extraArgs:\n      node-cidr-mask-size: \"28\"\n".into(),
@@ -403,7 +395,6 @@ mod spec_tests {
             ("ranges overlap", "network:\n  podCIDR: 10.96.128.0/17\n".into(), "must not overlap"),
             ("service range /29", "network:\n  serviceCIDR: 10.96.0.0/29\n".into(), "spec.network.serviceCIDR must hold at least 16 addresses"),
             ("service range /32", "network:\n  serviceCIDR: 10.96.0.1/32\n".into(), "spec.network.serviceCIDR must hold at least 16 addresses"),
-            ("service range too large before 1.34", "version: v1.33.4\nnetwork:\n  serviceCIDR: 10.0.0.0/11\n  podCIDR: 10.244.0.0/16\n".into(), "spec.network.serviceCIDR may hold at most 2^20 addresses"),
             ("pod range smaller than a node's", "network:\n  podCIDR: 10.244.0.0/25\n".into(), "spec.network.podCIDR must be a /24 or larger"),
             ("IPv6 pod range too large", "network:\n  serviceCIDR: fd00:10:96::/108\n  podCIDR: fd00::/32\n".into(), "spec.network.podCIDR must be a /24 or larger for IPv4, a /48 to /64 for IPv6"),
             ("DNS IP not an IP", "network:\n  dnsServiceIP: dns\n".into(), "spec.network.dnsServiceIP \"dns\" must be an IP address"),

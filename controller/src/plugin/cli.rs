@@ -276,7 +276,7 @@ mod tests {
                 .contains(&format!("outside the supported range {range}")),
             "{err}"
         );
-        assert!(parse(&["upgrade", "demo", "--to", "v1.33.1"]).is_ok());
+        assert!(parse(&["upgrade", "demo", "--to", "v1.35.1"]).is_ok());
     }
 
     #[test]

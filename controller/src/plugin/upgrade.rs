@@ -193,25 +193,25 @@ mod tests {
     fn refuses_what_admission_refuses() {
         // (current spec.version, target, outcome or the words of the refusal)
         let cases: &[(&str, &str, Result<Change, &str>)] = &[
-            ("v1.33.2", "v1.34.4", Ok(Change::Upgrade)),
-            ("v1.33.2", "v1.33.5", Ok(Change::Upgrade)),
-            ("v1.34.4", "v1.34.4", Ok(Change::Unchanged)),
+            ("v1.36.3", "v1.37.2", Ok(Change::Upgrade)),
+            ("v1.36.2", "v1.36.3", Ok(Change::Upgrade)),
+            ("v1.37.2", "v1.37.2", Ok(Change::Unchanged)),
             (
-                "v1.34.4",
-                "v1.34.3",
-                Err("v1.34.4 → v1.34.3 is a downgrade"),
+                "v1.37.2",
+                "v1.37.1",
+                Err("v1.37.2 → v1.37.1 is a downgrade"),
             ),
-            ("v1.34.4", "v1.33.9", Err("may not be downgraded")),
+            ("v1.37.2", "v1.36.9", Err("may not be downgraded")),
             (
-                "v1.32.1",
-                "v1.34.0",
-                Err("skips a minor version: upgrade one minor at a time, first to v1.33.x"),
+                "v1.34.1",
+                "v1.36.0",
+                Err("skips a minor version: upgrade one minor at a time, first to v1.35.x"),
             ),
-            ("v1.34.4", "v1.35.0", Err("outside the supported range")),
-            ("v1.34.4", "v2.34.0", Err("outside the supported range")),
-            ("v1.31.0", "v1.31.2", Err("outside the supported range")),
+            ("v1.37.2", "v1.38.0", Err("outside the supported range")),
+            ("v1.37.2", "v2.34.0", Err("outside the supported range")),
+            ("v1.33.0", "v1.33.2", Err("outside the supported range")),
             // An old object whose version does not parse: the apiserver decides.
-            ("1.33", "v1.34.0", Ok(Change::Upgrade)),
+            ("1.36", "v1.37.0", Ok(Change::Upgrade)),
         ];
         for (current, target, want) in cases {
             let got = check(current, v(target));

@@ -15,7 +15,14 @@ use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 
-const VERSION: &str = "v1.12.1";
+/// The CoreDNS release for each supported minor, as that minor's kubeadm deploys it (its
+/// constant CoreDNSVersion); a test checks that every supported minor has one.
+pub const RELEASES: [(u32, &str); 4] = [
+    (34, "v1.12.1"),
+    (35, "v1.13.1"),
+    (36, "v1.14.2"),
+    (37, "v1.14.6"),
+];
 /// DNS over UDP and TCP, and Prometheus metrics: (name, port, protocol).
 const PORTS: [(&str, i32, &str); 3] = [
     ("dns", 53, "UDP"),
@@ -23,12 +30,12 @@ const PORTS: [(&str, i32, &str); 3] = [
     ("metrics", 9153, "TCP"),
 ];
 
-/// The spec's image or the upstream CoreDNS release.
-pub(super) fn image(addon: &AddonSpec, registry: &str) -> String {
-    addon
-        .image
-        .clone()
-        .unwrap_or_else(|| format!("{registry}/coredns/coredns:{VERSION}"))
+/// The spec's image or the upstream CoreDNS release for a tenant running `version`.
+pub(super) fn image(addon: &AddonSpec, registry: &str, version: &str) -> String {
+    addon.image.clone().unwrap_or_else(|| {
+        let release = crate::api::release_for(&RELEASES, version);
+        format!("{registry}/coredns/coredns:{release}")
+    })
 }
 
 /// CoreDNS's objects, serving `domain` at `dns_ip`.

@@ -5,6 +5,7 @@ use super::pod::{k8s_app, selector, template, tolerate_everything};
 use super::rbac::{cluster_role_binding, user};
 use super::{KUBE_SYSTEM, TenantObjects, meta};
 use crate::api::AddonSpec;
+use crate::controlplane::build::KONNECTIVITY_RELEASES;
 use crate::podspec::restricted_container;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
@@ -14,17 +15,16 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-const VERSION: &str = "v0.33.0";
 const HEALTH_PORT: i32 = 8134;
 const TOKEN_DIR: &str = "/var/run/secrets/tokens";
 const TOKEN: &str = "konnectivity-agent-token";
 
-/// The spec's image or the upstream agent release.
-pub(super) fn image(addon: &AddonSpec, registry: &str) -> String {
-    addon
-        .image
-        .clone()
-        .unwrap_or_else(|| format!("{registry}/kas-network-proxy/proxy-agent:{VERSION}"))
+/// The spec's image or the agent of the konnectivity release for a tenant running `version`.
+pub(super) fn image(addon: &AddonSpec, registry: &str, version: &str) -> String {
+    addon.image.clone().unwrap_or_else(|| {
+        let release = crate::api::release_for(&KONNECTIVITY_RELEASES, version);
+        format!("{registry}/kas-network-proxy/proxy-agent:{release}")
+    })
 }
 
 /// The agent's objects; it dials konnectivity-server at the host of `endpoint` on `port`.

@@ -31,6 +31,7 @@ pub const KONNECTIVITY_AGENT: &str = "konnectivity-agent";
 pub mod apply;
 mod bootstrap;
 mod coredns;
+pub use coredns::RELEASES as COREDNS_RELEASES;
 mod konnectivity_agent;
 mod kube_proxy;
 mod pod;
@@ -124,6 +125,10 @@ pub struct BootstrapInputs {
     pub ca_pem: String,
     /// Registry and path prefix of the add-on images.
     pub image_registry: String,
+    /// The version the control plane runs on every replica (the spec's before the first
+    /// rollout). The add-ons take it, so during an upgrade they move only once the control
+    /// plane's roll has completed.
+    pub running_version: String,
 }
 
 fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
@@ -149,21 +154,22 @@ pub fn build(tcp: &TenantControlPlane, inputs: &BootstrapInputs) -> Result<Tenan
 
     let mut o = bootstrap::objects(tcp, inputs, &dns_ip).labelled("bootstrap");
     let addons = &spec.addons;
+    let version = inputs.running_version.as_str();
     let registry = inputs.image_registry.trim_end_matches('/');
     if addons.core_dns.enabled {
-        let image = coredns::image(&addons.core_dns, registry);
+        let image = coredns::image(&addons.core_dns, registry, version);
         let mut part = TenantObjects::default();
         coredns::objects(&mut part, &image, &dns_ip, &net.cluster_domain);
         o.extend(part.labelled(COREDNS));
     }
     if addons.kube_proxy.enabled {
-        let image = kube_proxy::image(&addons.kube_proxy, registry, &spec.version);
+        let image = kube_proxy::image(&addons.kube_proxy, registry, version);
         let mut part = TenantObjects::default();
         kube_proxy::objects(&mut part, &image, &inputs.endpoint, &net.pod_cidr);
         o.extend(part.labelled(KUBE_PROXY));
     }
     if addons.konnectivity.enabled {
-        let image = konnectivity_agent::image(&addons.konnectivity, registry);
+        let image = konnectivity_agent::image(&addons.konnectivity, registry, version);
         let mut part = TenantObjects::default();
         konnectivity_agent::objects(
             &mut part,
@@ -191,6 +197,7 @@ mod tests {
             endpoint: "10.96.4.5:6443".into(),
             ca_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
             image_registry: "registry.k8s.io".into(),
+            running_version: "v1.34.4".into(),
         }
     }
 
@@ -266,6 +273,54 @@ mod tests {
             assert!(!r.verbs.iter().any(|v| v == "*"));
             assert!(!r.resources.iter().flatten().any(|v| v == "*"));
         }
+    }
+
+    /// The images of every add-on: CoreDNS's Deployment, then each DaemonSet's.
+    fn addon_images(o: &TenantObjects) -> Vec<String> {
+        let pod_images = |t: &k8s_openapi::api::core::v1::PodTemplateSpec| {
+            t.spec.as_ref().unwrap().containers[0]
+                .image
+                .clone()
+                .unwrap()
+        };
+        let mut images: Vec<String> = o
+            .deployments
+            .iter()
+            .map(|d| pod_images(&d.spec.as_ref().unwrap().template))
+            .collect();
+        images.extend(
+            o.daemon_sets
+                .iter()
+                .map(|d| pod_images(&d.spec.as_ref().unwrap().template)),
+        );
+        images.sort();
+        images
+    }
+
+    #[test]
+    fn addons_take_the_version_the_control_plane_runs() {
+        // Mid-upgrade: the spec asks for v1.37.2, the control plane still runs v1.36.3 somewhere.
+        let upgrading = tcp("version: v1.37.2");
+        let mut i = inputs();
+        i.running_version = "v1.36.3".into();
+        assert_eq!(
+            addon_images(&build(&upgrading, &i).unwrap()),
+            [
+                "registry.k8s.io/coredns/coredns:v1.14.2",
+                "registry.k8s.io/kas-network-proxy/proxy-agent:v0.34.0",
+                "registry.k8s.io/kube-proxy:v1.36.3",
+            ]
+        );
+        // Rolled: kube-proxy with the control plane, CoreDNS as kubeadm v1.37 maps it.
+        i.running_version = "v1.37.2".into();
+        assert_eq!(
+            addon_images(&build(&upgrading, &i).unwrap()),
+            [
+                "registry.k8s.io/coredns/coredns:v1.14.6",
+                "registry.k8s.io/kas-network-proxy/proxy-agent:v0.36.0",
+                "registry.k8s.io/kube-proxy:v1.37.2",
+            ]
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
-// Command kube is one multi-call binary for the Kubernetes components and etcd
-// that the test ground runs: it dispatches on the name it was started as
-// (argv[0]), like busybox. One link instead of eight, and one file on disk.
+// Command kube is one multi-call binary for the Kubernetes components (and, in
+// the ground's own build, etcd: see etcd.go) that the test ground runs: it
+// dispatches on the name it was started as (argv[0]), like busybox. One link
+// instead of eight, and one file on disk.
 package main
 
 import (
@@ -11,8 +12,6 @@ import (
 	_ "time/tzdata" // CronJob time zones, as in the upstream kube-controller-manager.
 
 	"github.com/spf13/cobra"
-	"go.etcd.io/etcd/etcdctl/v3/ctlv3"
-	"go.etcd.io/etcd/server/v3/etcdmain"
 	"k8s.io/component-base/cli"
 	"k8s.io/component-base/logs"
 	_ "k8s.io/component-base/logs/json/register"
@@ -43,15 +42,16 @@ var components = map[string]func() *cobra.Command{
 	},
 }
 
+// Commands that are not cobra components: etcd.go adds etcd's where it is built in.
+var mains = map[string]func(){}
+
 func main() {
 	name := filepath.Base(os.Args[0])
+	if run, ok := mains[name]; ok {
+		run()
+		return
+	}
 	switch name {
-	case "etcd":
-		etcdmain.Main(os.Args)
-		return
-	case "etcdctl":
-		ctlv3.MustStart()
-		return
 	case "kubeadm":
 		kubeadmerrors.HandleError(kubeadm.Run())
 		return
@@ -65,6 +65,6 @@ func main() {
 	if newCommand, ok := components[name]; ok {
 		os.Exit(cli.Run(newCommand()))
 	}
-	fmt.Fprintf(os.Stderr, "kube: unknown component %q; start it through a link named etcd, etcdctl, kubeadm, kubectl, kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy or kubelet\n", name)
+	fmt.Fprintf(os.Stderr, "kube: unknown component %q; start it through a link named etcd, etcdctl (where built in), kubeadm, kubectl, kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy or kubelet\n", name)
 	os.Exit(2)
 }

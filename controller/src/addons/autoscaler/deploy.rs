@@ -28,7 +28,12 @@ pub const KUBECONFIG_DIR: &str = "/etc/orrery/tenant";
 const HEALTH_PORT: i32 = 8085;
 /// The upstream release for each tenant minor: the autoscaler's minor follows Kubernetes'. A
 /// test checks that every supported minor has one.
-pub const RELEASES: [(u32, &str); 3] = [(32, "v1.32.7"), (33, "v1.33.6"), (34, "v1.34.5")];
+pub const RELEASES: [(u32, &str); 4] = [
+    (34, "v1.34.5"),
+    (35, "v1.35.1"),
+    (36, "v1.36.1"),
+    (37, "v1.37.0"),
+];
 
 /// Name of the tenant's autoscaler Secret and Deployment.
 pub fn name(tcp: &TenantControlPlane) -> String {
@@ -37,16 +42,7 @@ pub fn name(tcp: &TenantControlPlane) -> String {
 
 /// The upstream image for a tenant running `version` (vMAJOR.MINOR.PATCH), from `registry`.
 pub fn default_image(registry: &str, version: &str) -> String {
-    let minor = version
-        .trim_start_matches('v')
-        .split('.')
-        .nth(1)
-        .and_then(|m| m.parse::<u32>().ok());
-    let release = RELEASES
-        .iter()
-        .find(|(m, _)| Some(*m) == minor)
-        .or_else(|| RELEASES.last())
-        .map_or("", |(_, r)| r);
+    let release = crate::api::release_for(&RELEASES, version);
     format!("{registry}/autoscaling/cluster-autoscaler:{release}")
 }
 
@@ -249,23 +245,13 @@ mod tests {
     #[test]
     fn the_image_follows_the_tenant_minor() {
         for (version, expected) in [
-            (
-                "v1.32.0",
-                "r.example/autoscaling/cluster-autoscaler:v1.32.7",
-            ),
-            (
-                "v1.33.9",
-                "r.example/autoscaling/cluster-autoscaler:v1.33.6",
-            ),
-            (
-                "v1.34.4",
-                "r.example/autoscaling/cluster-autoscaler:v1.34.5",
-            ),
-            (
-                "v1.99.0",
-                "r.example/autoscaling/cluster-autoscaler:v1.34.5",
-            ),
+            ("v1.34.4", "v1.34.5"),
+            ("v1.35.0", "v1.35.1"),
+            ("v1.36.3", "v1.36.1"),
+            ("v1.37.2", "v1.37.0"),
+            ("v1.99.0", "v1.37.0"),
         ] {
+            let expected = format!("r.example/autoscaling/cluster-autoscaler:{expected}");
             assert_eq!(default_image("r.example", version), expected, "{version}");
         }
     }

@@ -5,8 +5,15 @@ use super::volumes::{projected, secret_files};
 use super::{CONFIG_DIR, DeploymentInputs, Names, PKI_DIR, UDS_DIR};
 use crate::api::TenantControlPlane;
 use crate::podspec::{field_env, restricted_container};
-use k8s_openapi::api::core::v1::{Container, ContainerPort, Volume};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, Lifecycle, LifecycleHandler, SleepAction, Volume,
+};
 use std::collections::BTreeMap;
+
+/// How long a replica that is going away keeps serving before it is told to stop: the time for
+/// its endpoint to leave the Service everywhere, so no new request reaches it after it stopped
+/// (a roll of an HA tenant loses no request).
+pub const DRAIN_SECONDS: i64 = 5;
 
 /// Orrery's kube-apiserver flags, before the spec's `extraArgs`.
 fn flags(tcp: &TenantControlPlane, inputs: &DeploymentInputs) -> BTreeMap<&'static str, String> {
@@ -99,6 +106,15 @@ pub(super) fn container(tcp: &TenantControlPlane, inputs: &DeploymentInputs) -> 
         startup_probe: Some(https_probe("/livez", port, 2, 60)),
         liveness_probe: Some(https_probe("/livez", port, 10, 6)),
         readiness_probe: Some(https_probe("/readyz", port, 2, 3)),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: DRAIN_SECONDS,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         resources: Some(resources(spec, "100m", "256Mi")),
         security_context: Some(restricted_container()),
         volume_mounts: Some(mounts),

@@ -19,6 +19,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use std::collections::BTreeMap;
 
+/// How long a roll may go without progress before it is reported stalled.
+pub const PROGRESS_DEADLINE_SECONDS: i32 = 180;
+
 /// The control-plane Deployment.
 pub fn deployment(tcp: &TenantControlPlane, inputs: &DeploymentInputs) -> Deployment {
     Deployment {
@@ -39,6 +42,9 @@ pub fn deployment(tcp: &TenantControlPlane, inputs: &DeploymentInputs) -> Deploy
                 }),
             }),
             template: pod_template(tcp, inputs),
+            // A roll (an upgrade) with no new replica ready for this long is reported stalled
+            // in VersionCurrent; the old replicas keep serving meanwhile.
+            progress_deadline_seconds: Some(PROGRESS_DEADLINE_SECONDS),
             ..Default::default()
         }),
         ..Default::default()

@@ -6,7 +6,7 @@
 //! emptyDir (EgressSelectorConfiguration). Each container, with the volumes it brings, has its own
 //! file; [`deployment()`] puts them in one pod.
 
-mod apiserver;
+pub mod apiserver;
 mod container;
 mod controller_manager;
 mod deployment;
@@ -16,7 +16,7 @@ mod volumes;
 
 pub use deployment::deployment;
 
-use crate::api::{ComponentSpec, TenantControlPlane};
+use crate::api::{ComponentSpec, TenantControlPlane, release_for};
 use crate::apply::{TENANT_LABEL, child_labels, owner_reference};
 use crate::config::ComponentConfig;
 use crate::config::egress_selector::{EgressSelection, EgressSelectorConfiguration};
@@ -91,30 +91,22 @@ pub struct Images {
     pub konnectivity_server: String,
 }
 
-/// The konnectivity release that goes with each supported Kubernetes minor version (as
-/// Kubernetes' own manifests pair them); a test checks that every supported minor has one.
-pub const KONNECTIVITY_RELEASES: [(u32, &str); 3] =
-    [(32, "v0.31.2"), (33, "v0.32.1"), (34, "v0.33.0")];
-
-/// The konnectivity release for `minor`; the newest for a minor admission would refuse.
-fn konnectivity_version(minor: u32) -> &'static str {
-    KONNECTIVITY_RELEASES
-        .iter()
-        .find(|(m, _)| *m == minor)
-        .or_else(|| KONNECTIVITY_RELEASES.last())
-        .map_or("", |(_, r)| r)
-}
+/// The konnectivity release that goes with each supported Kubernetes minor version; a test
+/// checks that every supported minor has one. v1.34 takes the release built against it; v1.36
+/// and v1.37 the release whose client their apiserver is built with (v0.34.0, v0.36.0); v1.35
+/// the first release after it.
+pub const KONNECTIVITY_RELEASES: [(u32, &str); 4] = [
+    (34, "v0.33.0"),
+    (35, "v0.34.0"),
+    (36, "v0.34.0"),
+    (37, "v0.36.0"),
+];
 
 /// Upstream images for the tenant's version, unless the spec overrides them.
 pub fn images(tcp: &TenantControlPlane, settings: &Settings) -> Images {
     let spec = &tcp.spec;
     let reg = settings.image_registry.trim_end_matches('/');
     let version = &spec.version;
-    let minor = version
-        .split('.')
-        .nth(1)
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(34);
     let pick = |c: &ComponentSpec, default: String| c.image.clone().unwrap_or(default);
     let cp = &spec.control_plane;
     Images {
@@ -128,7 +120,7 @@ pub fn images(tcp: &TenantControlPlane, settings: &Settings) -> Images {
             &cp.konnectivity_server,
             format!(
                 "{reg}/kas-network-proxy/proxy-server:{}",
-                konnectivity_version(minor)
+                release_for(&KONNECTIVITY_RELEASES, version)
             ),
         ),
     }

@@ -92,6 +92,17 @@ fn default_tenant_has_four_containers_wired_through_konnectivity() {
         egress["egressSelections"][0]["connection"]["transport"]["uds"]["udsName"],
         "/run/konnectivity/konnectivity-server.socket"
     );
+    // A replica going away drains before it stops, within its grace period.
+    let drain = api
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.sleep.as_ref())
+        .map(|s| s.seconds);
+    assert_eq!(drain, Some(super::apiserver::DRAIN_SECONDS));
+    let pod = spec.template.spec.as_ref().unwrap();
+    let grace = pod.termination_grace_period_seconds.unwrap_or(30);
+    assert!(grace > super::apiserver::DRAIN_SECONDS + 10, "{grace}");
     // Probes.
     assert_eq!(
         api.readiness_probe
@@ -199,7 +210,7 @@ fn konnectivity_off_removes_sidecar_port_and_egress() {
 #[test]
 fn spec_settings_reach_the_objects() {
     let t = tcp(
-        "version: v1.33.2\nreplicas: 3\nnetwork:\n  serviceType: LoadBalancer\n  port: 443\ncontrolPlane:\n  apiServer:\n    image: my/apiserver:1\n    extraArgs:\n      v: \"4\"\n      authorization-mode: RBAC\n  scheduling:\n    nodeSelector:\n      pool: cp\n",
+        "version: v1.35.2\nreplicas: 3\nnetwork:\n  serviceType: LoadBalancer\n  port: 443\ncontrolPlane:\n  apiServer:\n    image: my/apiserver:1\n    extraArgs:\n      v: \"4\"\n      authorization-mode: RBAC\n  scheduling:\n    nodeSelector:\n      pool: cp\n",
     );
     let d = deployment(&t, &inputs(&t));
     let api = container(&d, "kube-apiserver");
@@ -214,11 +225,11 @@ fn spec_settings_reach_the_objects() {
     assert!(args.contains(&"--secure-port=443".into()));
     assert_eq!(
         container(&d, "kube-scheduler").image.as_deref(),
-        Some("registry.k8s.io/kube-scheduler:v1.33.2")
+        Some("registry.k8s.io/kube-scheduler:v1.35.2")
     );
     assert_eq!(
         container(&d, "konnectivity-server").image.as_deref(),
-        Some("registry.k8s.io/kas-network-proxy/proxy-server:v0.32.1")
+        Some("registry.k8s.io/kas-network-proxy/proxy-server:v0.34.0")
     );
     let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
     assert_eq!(pod.node_selector.as_ref().unwrap()["pool"], "cp");
