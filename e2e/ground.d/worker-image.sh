@@ -37,7 +37,7 @@ worker_preload_groups() {
   minor=${minor%%.*}
   konnectivity=$(addon_releases 2 "$minor")
   coredns=$(addon_releases 3 "$minor")
-  [ -n "$konnectivity" ] && [ -n "$coredns" ] || die "TENANT_ADDON_RELEASES has no entry for minor $minor"
+  if [ -z "$konnectivity" ] || [ -z "$coredns" ]; then die "TENANT_ADDON_RELEASES has no entry for minor $minor"; fi
   echo pause
   if [ "$worker_version" = "$KUBERNETES_VERSION" ]; then echo kube-proxy; else echo "kube-proxy-$worker_version"; fi
   if [ "$konnectivity" = "$KONNECTIVITY_VERSION" ]; then echo konnectivity; else echo "konnectivity-$konnectivity"; fi

@@ -382,3 +382,41 @@ pub fn write_admin_kubeconfig(secret: &Secret, dir: &Path) -> PathBuf {
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// On a failed run, deletes the tenant and its pools (waiting until their VMs are gone) and the
+/// test's namespaces.
+pub struct Teardown<'a> {
+    pub ground: &'a Ground,
+    pub namespaces: [String; 2],
+}
+
+impl Drop for Teardown<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let [ns, etcd_ns] = &self.namespaces;
+        let deleted = self.ground.run(
+            "kubectl",
+            &[
+                "delete",
+                "np,tcp",
+                "--all",
+                "-n",
+                ns,
+                "--wait=true",
+                "--timeout=300s",
+            ],
+        );
+        eprintln!(
+            "teardown: {}{}",
+            String::from_utf8_lossy(&deleted.stdout),
+            String::from_utf8_lossy(&deleted.stderr)
+        );
+        for ns in [ns, etcd_ns] {
+            let _ = self
+                .ground
+                .run("kubectl", &["delete", "namespace", ns, "--wait=false"]);
+        }
+    }
+}

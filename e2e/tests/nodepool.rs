@@ -20,7 +20,7 @@ use orrery_e2e::autoscaler::proto::{
 };
 use orrery_e2e::autoscaler::{self, CloudConfig};
 use orrery_e2e::live::{
-    Release, Tenant, apply_json, check, live_ground, live_scheduling, managed_datastore,
+    Release, Teardown, Tenant, apply_json, check, live_ground, live_scheduling, managed_datastore,
     restricted_namespace, wait_tenant_ready, write_admin_kubeconfig,
 };
 use orrery_e2e::{Ground, eventually, install_crds, unique_name};
@@ -89,44 +89,6 @@ fn report(ground: &Ground, ns: &str, release: &Release, tenant: &Tenant) -> Stri
     let nodes = tenant.run(&["get", "nodes", "-o", "wide"]);
     out.push_str(&String::from_utf8_lossy(&nodes.stdout));
     out
-}
-
-/// On a failed run, deletes the tenant and its pools (waiting until their VMs are gone) and the
-/// test's namespaces.
-struct Teardown<'a> {
-    ground: &'a Ground,
-    namespaces: [String; 2],
-}
-
-impl Drop for Teardown<'_> {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        let [ns, etcd_ns] = &self.namespaces;
-        let deleted = self.ground.run(
-            "kubectl",
-            &[
-                "delete",
-                "np,tcp",
-                "--all",
-                "-n",
-                ns,
-                "--wait=true",
-                "--timeout=300s",
-            ],
-        );
-        eprintln!(
-            "teardown: {}{}",
-            String::from_utf8_lossy(&deleted.stdout),
-            String::from_utf8_lossy(&deleted.stderr)
-        );
-        for ns in [ns, etcd_ns] {
-            let _ = self
-                .ground
-                .run("kubectl", &["delete", "namespace", ns, "--wait=false"]);
-        }
-    }
 }
 
 /// Waits until `done` holds, polling every 3 s, or fails with the report.

@@ -235,7 +235,7 @@ mod tests {
             serde_json::json!({"conditions": [{"type": "PodScheduled", "status": "False",
                 "message": "0/3 nodes are available"}]}),
         );
-        assert_eq!(why_pods_wait(&[creating.clone()]), None);
+        assert_eq!(why_pods_wait(std::slice::from_ref(&creating)), None);
         assert_eq!(
             why_pods_wait(&[creating.clone(), pulling]).as_deref(),
             Some("pod b: ImagePullBackOff: no such image")
