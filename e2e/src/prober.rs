@@ -1,7 +1,11 @@
 //! A client that keeps asking a tenant apiserver while it changes: every interval it reads
-//! `/readyz` and creates a ConfigMap, and it counts what failed. It speaks HTTP/2 over one
-//! connection, as kubectl and client-go do, so a replica that goes away closes it gracefully
-//! (GOAWAY) and the next request takes a new connection to a replica that serves.
+//! `/readyz` and creates a ConfigMap, and it counts what failed.
+//!
+//! It reads `/readyz` as a health checker does (a load balancer, the kubelet): on a new
+//! connection each time, so through the Service to a replica that is ready. A replica that is
+//! stopping answers its own `/readyz` with 500 by design, and a connection kept open to it would
+//! report that. It writes as kubectl and client-go do: HTTP/2 over one connection, which a
+//! replica going away closes gracefully (GOAWAY), the next request taking a new one.
 
 use anyhow::{Context as _, Result, anyhow};
 use base64::Engine as _;
@@ -74,10 +78,11 @@ impl Prober {
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&credentials.ca))
             .identity(Identity::from_pem(&credentials.cert, &credentials.key));
-        let channel = Channel::from_shared(format!("https://{endpoint}"))?
+        let target = Channel::from_shared(format!("https://{endpoint}"))?
             .tls_config(tls)?
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(10));
+        let channel = target
             .connect()
             .await
             .with_context(|| format!("connect to {endpoint}"))?;
@@ -92,7 +97,11 @@ impl Prober {
             while !flag.load(Ordering::Relaxed) {
                 tick.tick().await;
                 let at = start.elapsed().as_secs_f64();
-                match send(&channel, Method::GET, "/readyz", None, 200).await {
+                let readyz = async {
+                    let fresh = target.connect().await?;
+                    send(&fresh, Method::GET, "/readyz", None, 200).await
+                };
+                match readyz.await {
                     Ok(()) => report.readyz_ok += 1,
                     Err(e) => report
                         .failures

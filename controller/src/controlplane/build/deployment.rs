@@ -33,11 +33,13 @@ pub fn deployment(tcp: &TenantControlPlane, inputs: &DeploymentInputs) -> Deploy
                 match_labels: Some(selector_labels(tcp)),
                 ..Default::default()
             },
-            // A new pod is ready before an old one goes: the apiserver stays reachable.
+            // A new pod is ready before an old one goes: the apiserver stays reachable. Every
+            // new pod starts at once, so a roll (an upgrade) takes one pod's start, not one per
+            // replica.
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
                 rolling_update: Some(RollingUpdateDeployment {
-                    max_surge: Some(IntOrString::Int(1)),
+                    max_surge: Some(IntOrString::String("100%".into())),
                     max_unavailable: Some(IntOrString::Int(0)),
                 }),
             }),

@@ -50,6 +50,7 @@ fn default_tenant_has_four_containers_wired_through_konnectivity() {
         .as_ref()
         .unwrap();
     assert_eq!(ru.max_unavailable, Some(IntOrString::Int(0)));
+    assert_eq!(ru.max_surge, Some(IntOrString::String("100%".into())));
     let names: Vec<_> = spec
         .template
         .spec
