@@ -4,7 +4,7 @@
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
-use orrery::api::{DataStore, NodePool, TenantControlPlane};
+use orrery::api::{DataStore, NodePool, SUPPORTED_MINORS, TenantControlPlane};
 use orrery_e2e::{Ground, install_crds, repo_root, unique_name};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -147,12 +147,12 @@ async fn bad_tenant_specs_are_refused_on_create() {
         ),
         (
             "version too old",
-            json!({"version": "v1.31.9"}),
+            json!({"version": format!("v1.{}.9", SUPPORTED_MINORS.start() - 1)}),
             "spec.version is outside the supported range",
         ),
         (
             "version too new",
-            json!({"version": "v1.35.0"}),
+            json!({"version": format!("v1.{}.0", SUPPORTED_MINORS.end() + 1)}),
             "spec.version is outside the supported range",
         ),
         (
