@@ -420,3 +420,24 @@ impl Drop for Teardown<'_> {
         }
     }
 }
+
+/// Polls `done` every `every` until it holds and returns how long that took; fails with
+/// `report()` after `timeout`.
+pub fn poll_until(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    report: &dyn Fn() -> String,
+    mut done: impl FnMut() -> bool,
+) -> Duration {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < timeout,
+            "{what} not within {timeout:?}:\n{}",
+            report()
+        );
+        std::thread::sleep(every);
+    }
+    start.elapsed()
+}

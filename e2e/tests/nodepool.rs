@@ -21,7 +21,7 @@ use orrery_e2e::autoscaler::proto::{
 use orrery_e2e::autoscaler::{self, CloudConfig};
 use orrery_e2e::live::{
     Release, Teardown, Tenant, apply_json, check, live_ground, live_scheduling, managed_datastore,
-    restricted_namespace, wait_tenant_ready, write_admin_kubeconfig,
+    poll_until, restricted_namespace, wait_tenant_ready, write_admin_kubeconfig,
 };
 use orrery_e2e::{Ground, eventually, install_crds, unique_name};
 use prost::Message;
@@ -96,18 +96,9 @@ fn wait_until(
     what: &str,
     timeout: Duration,
     report: &dyn Fn() -> String,
-    mut done: impl FnMut() -> bool,
+    done: impl FnMut() -> bool,
 ) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < timeout,
-            "{what} not within {timeout:?}:\n{}",
-            report()
-        );
-        std::thread::sleep(Duration::from_secs(3));
-    }
-    let took = start.elapsed();
+    let took = poll_until(what, timeout, Duration::from_secs(3), report, done);
     println!("nodepool: {what} in {:.0} s", took.as_secs_f64());
     took
 }

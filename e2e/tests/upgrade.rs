@@ -15,7 +15,7 @@ use orrery::controlplane::build::KONNECTIVITY_RELEASES;
 use orrery::tenant::COREDNS_RELEASES;
 use orrery_e2e::live::{
     Release, Teardown, Tenant, apply_json, check, live_ground, live_scheduling, managed_datastore,
-    restricted_namespace, wait_tenant_ready, write_admin_kubeconfig,
+    poll_until, restricted_namespace, wait_tenant_ready, write_admin_kubeconfig,
 };
 use orrery_e2e::prober::{Credentials, Prober};
 use orrery_e2e::{Ground, install_crds, unique_name, versions_env};
@@ -111,18 +111,9 @@ fn wait_until(
     what: &str,
     timeout: Duration,
     report: &dyn Fn() -> String,
-    mut done: impl FnMut() -> bool,
+    done: impl FnMut() -> bool,
 ) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < timeout,
-            "{what} not within {timeout:?}:\n{}",
-            report()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    start.elapsed()
+    poll_until(what, timeout, Duration::from_millis(500), report, done)
 }
 
 #[tokio::test(flavor = "multi_thread")]
