@@ -1,4 +1,5 @@
-//! Generates the cluster-autoscaler's externalgrpc API (server and client) from `proto/`.
+//! Generates, from `proto/`, the cluster-autoscaler's externalgrpc API and the CSI driver's APIs
+//! (CSI itself and the kubelet's plugin registration), each with server and client.
 
 fn main() {
     println!("cargo:rerun-if-changed=proto");
@@ -17,5 +18,12 @@ fn main() {
             "crate::addons::autoscaler::proto::kubernetes",
         )
         .compile_protos(&["proto/externalgrpc.proto"], &["proto"])
+        .unwrap_or_else(fail);
+    tonic_prost_build::configure()
+        .btree_map(".")
+        .compile_protos(
+            &["proto/csi.proto", "proto/pluginregistration.proto"],
+            &["proto"],
+        )
         .unwrap_or_else(fail);
 }

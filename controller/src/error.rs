@@ -26,6 +26,8 @@ pub enum Error {
     Pending(String),
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error("CSI: {}: {}", .0.code(), .0.message())]
+    Csi(Box<tonic::Status>),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -48,6 +50,7 @@ impl Error {
             Error::Io(_) => "Io",
             Error::Pending(_) => "Pending",
             Error::Grpc(_) => "Grpc",
+            Error::Csi(_) => "Csi",
             Error::Finalizer(e) => match e.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),

@@ -106,9 +106,60 @@ cmd_build() {
     say "built in $(( $(date +%s) - start ))s"
   fi
   ln -sfn "$(basename "$dir")" "$cache_root/bin/current"
+  ensure_csi_sanity
 }
 
 cmd_bin_dir() { bin_dir; }
+
+# The CSI conformance suite: <cache>/tools/csi-sanity-<version>-<key>/csi-sanity, keyed by its pin,
+# this recipe and the Go toolchain only, so it never rebuilds the binaries above.
+csi_sanity_key() {
+  {
+    echo "$CSI_SANITY_VERSION"
+    sed -n '/^# csi-sanity-recipe-begin/,/^# csi-sanity-recipe-end/p' "$here/ground.d/build.sh"
+    go env GOVERSION GOARCH
+  } | sha256sum | cut -c1-16
+}
+
+csi_sanity_dir() { printf '%s/tools/csi-sanity-%s-%s\n' "$cache_root" "$CSI_SANITY_VERSION" "$(csi_sanity_key)"; }
+
+# csi-sanity-recipe-begin
+build_csi_sanity() { # outdir
+  local out=$1 work
+  work="$cache_root/build/$(basename "$out")"
+  rm -rf "$work" "$out.partial"
+  mkdir -p "$work" "$out.partial"
+  build_tool "$work" "$out.partial" csi-sanity github.com/kubernetes-csi/csi-test/v5 "$CSI_SANITY_VERSION" \
+    github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity "-X main.VERSION=$CSI_SANITY_VERSION"
+  (cd "$out.partial" && sha256sum csi-sanity >SHA256SUMS)
+  rm -rf "$out" "$work"
+  mv "$out.partial" "$out"
+}
+# csi-sanity-recipe-end
+
+csi_sanity_is_complete() { # dir
+  [ -f "$1/SHA256SUMS" ] && [ -x "$1/csi-sanity" ] &&
+    (cd "$1" && sha256sum --quiet --check SHA256SUMS >/dev/null 2>&1)
+}
+
+ensure_csi_sanity() {
+  local dir start
+  dir=$(csi_sanity_dir)
+  if csi_sanity_is_complete "$dir"; then return; fi
+  say "building csi-sanity $CSI_SANITY_VERSION into $dir"
+  start=$(date +%s)
+  build_csi_sanity "$dir"
+  csi_sanity_is_complete "$dir" || die "build finished but $dir does not verify"
+  say "built csi-sanity in $(( $(date +%s) - start ))s"
+}
+
+# csi-sanity's path for `env`, without building: empty when it is not built.
+locate_csi_sanity() {
+  local dir
+  command -v go >/dev/null || return 0
+  dir=$(csi_sanity_dir)
+  if [ -x "$dir/csi-sanity" ]; then echo "$dir/csi-sanity"; fi
+}
 
 # Tenant versions: the Kubernetes releases tenants run on the live tier (TENANT_KUBERNETES_VERSIONS
 # in versions.env). The ground's own version is its build above; every other one is a multi-call

@@ -110,6 +110,7 @@ cmd_env() {
   export_line ORRERY_GROUND_API "$api_url"
   export_line ORRERY_TENANT_ETCD_ENDPOINT "$tenant_url"
   export_line ORRERY_TENANT_ETCD_DIR "$tenant"
+  export_line ORRERY_CSI_SANITY "$(locate_csi_sanity)"
   if $live; then
     export_line ORRERY_GROUND_LIVE 1
     export_line ORRERY_GROUND_NODE "$live_node"

@@ -8,6 +8,7 @@
 
 pub mod autoscaler;
 pub mod bench;
+pub mod csi_loop;
 pub mod live;
 pub mod prober;
 

@@ -5,4 +5,5 @@
 
 pub mod autoscaler;
 pub mod cloud;
+pub mod csi;
 pub mod health;
