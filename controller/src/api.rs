@@ -452,6 +452,36 @@ pub struct AddonsSpec {
     #[serde(default)]
     #[x_kube(validation = image_rule("spec.addons.clusterAutoscaler", "self.image"))]
     pub cluster_autoscaler: ClusterAutoscalerSpec,
+    /// The CSI driver `csi.orrery.dev`: a tenant PersistentVolumeClaim gets a disk, a
+    /// PersistentVolumeClaim in the tenant's management namespace that Orrery hot-plugs into the
+    /// worker VM of the pod using it. Its controller side runs in Orrery, its node plugin on each
+    /// worker (a DaemonSet in the tenant's kube-system, holding no credentials).
+    #[serde(default)]
+    #[x_kube(validation = image_rule("spec.addons.csi", "self.nodeImage"))]
+    pub csi: CsiSpec,
+}
+
+/// The tenant's CSI driver.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.storageClassName) || self.storageClassName.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("spec.addons.csi.storageClassName must be a StorageClass name: lower-case letters, digits, '-' and '.'"))]
+pub struct CsiSpec {
+    /// Whether Orrery gives this tenant the driver and a default StorageClass `orrery`. Off by
+    /// default: it needs a management StorageClass that offers Block volumes (KubeVirt plugs a
+    /// raw device into the VM). Switching it off removes the driver from the tenant; the disks
+    /// of existing volumes stay until their claims are deleted with the driver on, or the tenant
+    /// is deleted.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The management StorageClass of the disks (with `volumeMode: Block`); the management
+    /// cluster's default class when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+    /// Image of the node plugin instead of the one this Orrery release runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub node_image: Option<String>,
 }
 
 /// The tenant's cluster-autoscaler.
@@ -1014,7 +1044,8 @@ fn image_rule(path: &str, at: &str) -> Rule {
         unless_unset(at)
     ))
     .message(Message::Message(format!(
-        "{path}.image must be an image reference [registry[:port]/]path[:tag][@sha256:<64 hex digits>] with lower-case path components, such as registry.k8s.io/kube-apiserver:v1.34.4"
+        "{path}.{} must be an image reference [registry[:port]/]path[:tag][@sha256:<64 hex digits>] with lower-case path components, such as registry.k8s.io/kube-apiserver:v1.34.4",
+        at.trim_start_matches("self.")
     )));
     at_field(rule, at)
 }

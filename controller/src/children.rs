@@ -10,6 +10,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::api::storage::v1::{CSIDriver, StorageClass};
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
@@ -61,7 +62,7 @@ namespaced_children!(
     Role,
     RoleBinding
 );
-cluster_children!(ClusterRole, ClusterRoleBinding);
+cluster_children!(ClusterRole, ClusterRoleBinding, CSIDriver, StorageClass);
 
 /// The children applied in one reconcile of one owner, in one cluster.
 pub struct Children {

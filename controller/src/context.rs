@@ -23,6 +23,8 @@ use tracing::warn;
 
 /// The repository of the worker images Orrery's own build makes.
 pub const DEFAULT_WORKER_IMAGE: &str = "orrery.dev/worker";
+/// Repository of the CSI node plugin's image; the tag is this release's version.
+pub const DEFAULT_CSI_NODE_IMAGE: &str = "orrery.dev/csi-node";
 
 /// Process-wide settings of the controllers.
 #[derive(Clone, Debug)]
@@ -38,6 +40,8 @@ pub struct Settings {
     pub worker_image: String,
     /// Where the operator serves the cluster-autoscaler API; `None` when it does not.
     pub autoscaler: Option<crate::addons::autoscaler::ApiEndpoint>,
+    /// The image of the tenants' CSI node plugin.
+    pub csi_node_image: String,
 }
 
 impl Default for Settings {
@@ -48,6 +52,10 @@ impl Default for Settings {
             tenant_access: true,
             worker_image: DEFAULT_WORKER_IMAGE.into(),
             autoscaler: None,
+            csi_node_image: format!(
+                "{DEFAULT_CSI_NODE_IMAGE}:{}",
+                crate::addons::csi::VENDOR_VERSION
+            ),
         }
     }
 }

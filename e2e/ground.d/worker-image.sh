@@ -31,7 +31,8 @@ worker_root_label="orrery-root"
 worker_kernel_args="root=LABEL=$worker_root_label rw console=ttyS0"
 
 # The image groups of e2e/images preloaded into the guest's containerd: the sandbox, kube-proxy,
-# CoreDNS and konnectivity-agent of the image's version (more images a node runs go here).
+# CoreDNS and konnectivity-agent of the image's version, and the CSI node plugin (more images a
+# node runs go here).
 worker_preload_groups() {
   local minor=${worker_version#v1.} konnectivity coredns
   minor=${minor%%.*}
@@ -42,6 +43,7 @@ worker_preload_groups() {
   if [ "$worker_version" = "$KUBERNETES_VERSION" ]; then echo kube-proxy; else echo "kube-proxy-$worker_version"; fi
   if [ "$konnectivity" = "$KONNECTIVITY_VERSION" ]; then echo konnectivity; else echo "konnectivity-$konnectivity"; fi
   if [ "$coredns" = "$COREDNS_VERSION" ]; then echo coredns; else echo "coredns-$coredns"; fi
+  echo csi-node
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -64,6 +66,8 @@ worker_rootfs_path() { printf '%s/worker/rootfs-%s-%s.tar\n' "$cache_root" "$WOR
 worker_packages=linux-image-cloud-amd64,systemd,systemd-sysv,systemd-resolved,udev,dbus,cloud-init
 worker_packages+=,containerd,runc,containernetworking-plugins,iptables,conntrack,ethtool,socat,iproute2
 worker_packages+=,kmod,netbase,procps,openssh-server,sudo,ca-certificates,curl,e2fsprogs,qemu-guest-agent
+# The filesystems the CSI node plugin makes and grows on the node's disks.
+worker_packages+=,xfsprogs
 
 # The security archive the host's apt uses (next to the mirror kubevirt_mirror finds).
 worker_security_mirror() {

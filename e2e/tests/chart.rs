@@ -307,7 +307,12 @@ fn rbac_is_least_privilege_without_wildcards() {
             (
                 "",
                 &["persistentvolumeclaims"],
-                &["get", "list", "watch", "create", "delete"]
+                &["get", "list", "watch", "create", "patch", "delete"]
+            ),
+            (
+                "subresources.kubevirt.io",
+                &["virtualmachines/addvolume", "virtualmachines/removevolume"],
+                &["update"]
             ),
             (
                 "",
@@ -431,6 +436,7 @@ fn rendered_objects_follow_the_spec() {
         "--log-format=json",
         "--image-registry=registry.k8s.io",
         "--worker-image=orrery.dev/worker",
+        "--csi-node-image=orrery.dev/csi-node",
         "--resync-seconds=300",
     ] {
         assert!(args.iter().any(|a| a == arg), "args {args:?} lack {arg}");

@@ -124,6 +124,19 @@ pub fn condition(
             )),
         }
     }
+    // The driver's controller side runs in the same task as the cloud controller.
+    if cloud::csi_runs_for(tcp, settings) {
+        match cloud {
+            Some(CloudReport::Running) => running.push("csi-driver"),
+            Some(CloudReport::Starting) => {
+                waiting.push(("CsiDriverStarting", "csi-driver: starting".into()))
+            }
+            None => waiting.push((
+                "CsiDriverPending",
+                "csi-driver: starts once the tenant is bootstrapped".into(),
+            )),
+        }
+    }
     if tcp.spec.addons.cluster_autoscaler.enabled {
         let available = autoscaler
             .and_then(|d| d.status.as_ref())

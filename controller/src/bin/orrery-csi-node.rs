@@ -52,6 +52,12 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
     max_volumes: i64,
 
+    /// Work in the host's mount namespace (that of PID 1; the pod needs `hostPID` and
+    /// privileges): sockets, mounts, devices and the filesystem tools (mkfs, blkid, resize2fs)
+    /// are then the worker's own, so the image holds nothing but this binary.
+    #[arg(long)]
+    host_mount_namespace: bool,
+
     /// Log format; the level is set by RUST_LOG (default `info`).
     #[arg(long, env = "ORRERY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
@@ -83,6 +89,13 @@ fn main() -> ExitCode {
         eprintln!("orrery-csi-node: {e}");
         return ExitCode::from(2);
     }
+    // Only a process with one thread may change its mount namespace: before the runtime starts.
+    if args.host_mount_namespace
+        && let Err(e) = enter_host_mount_namespace()
+    {
+        error!(error = %e, "cannot enter the host's mount namespace (needs hostPID and privileges)");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -106,6 +119,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Moves this process into PID 1's mount namespace.
+fn enter_host_mount_namespace() -> std::io::Result<()> {
+    let ns = std::fs::File::open("/proc/1/ns/mnt")?;
+    rustix::thread::move_into_link_name_space(
+        std::os::fd::AsFd::as_fd(&ns),
+        Some(rustix::thread::LinkNameSpaceType::Mount),
+    )?;
+    // The working directory still points into the old namespace's tree.
+    std::env::set_current_dir("/")?;
+    info!("working in the host's mount namespace");
+    Ok(())
 }
 
 /// Completes on the first SIGTERM or SIGINT; a second one exits at once (a call that hangs on a

@@ -49,6 +49,7 @@ pub async fn bootstrap(
         endpoint: endpoint.to_string(),
         ca_pem: pki.certs.get(pki::CA_CRT).cloned().unwrap_or_default(),
         image_registry: ctx.settings.image_registry.clone(),
+        csi_node_image: ctx.settings.csi_node_image.clone(),
         running_version: st
             .status
             .version

@@ -30,6 +30,9 @@ pub struct VirtualMachineStatus {
     pub printable_status: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<bool>,
+    /// Hot-plug requests (`addvolume`, `removevolume`) not yet carried into the spec.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_requests: Vec<Value>,
 }
 
 /// The spec of a `kubevirt.io/v1` VirtualMachineInstance: never written by Orrery.
@@ -59,6 +62,21 @@ pub struct VirtualMachineInstanceStatus {
     /// The management Node the VM runs on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
+    /// The state of each volume, hot-plugged ones included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_status: Vec<VolumeStatus>,
+}
+
+/// A volume of a running VMI.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeStatus {
+    pub name: String,
+    /// For a hot-plugged volume: Pending, Bound, AttachedToNode, MountedToPod, Ready, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// A network interface of a running VMI.

@@ -132,6 +132,17 @@ pub struct ControllerArgs {
     )]
     pub worker_image: String,
 
+    /// Repository of the CSI node plugin's image, which tenants with `spec.addons.csi` run on
+    /// every worker as `<repository>:<this release's version>`.
+    #[arg(
+        long,
+        env = "ORRERY_CSI_NODE_IMAGE",
+        value_name = "REPOSITORY",
+        default_value = crate::context::DEFAULT_CSI_NODE_IMAGE,
+        value_parser = parse_image_registry,
+    )]
+    pub csi_node_image: String,
+
     /// Address on which to serve the cluster-autoscaler's externalgrpc cloud-provider API (gRPC
     /// with mutual TLS), such as 0.0.0.0:8443; not served when unset. Every replica serves it,
     /// leader or not.
@@ -176,6 +187,11 @@ impl ControllerArgs {
             tenant_access: self.tenant_access,
             worker_image: self.worker_image.clone(),
             autoscaler: self.autoscaler(),
+            csi_node_image: format!(
+                "{}:{}",
+                self.csi_node_image,
+                crate::addons::csi::VENDOR_VERSION
+            ),
         }
     }
 

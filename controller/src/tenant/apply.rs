@@ -8,6 +8,7 @@ use crate::children::Children;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::api::storage::v1::{CSIDriver, StorageClass};
 use kube::api::Api;
 use std::time::Duration;
 
@@ -74,8 +75,12 @@ pub async fn apply_and_prune(
     children.apply_all(&objects.services).await?;
     children.apply_all(&objects.deployments).await?;
     children.apply_all(&objects.daemon_sets).await?;
+    children.apply_all(&objects.csi_drivers).await?;
+    children.apply_all(&objects.storage_classes).await?;
     // Workloads first, so nothing runs on with its permissions gone.
     let mut pruned = 0;
+    pruned += children.prune::<StorageClass>(None).await?.len();
+    pruned += children.prune::<CSIDriver>(None).await?.len();
     pruned += children.prune::<DaemonSet>(None).await?.len();
     pruned += children.prune::<Deployment>(None).await?.len();
     pruned += children.prune::<Service>(None).await?.len();

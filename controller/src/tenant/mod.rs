@@ -11,6 +11,7 @@ use crate::api::TenantControlPlane;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::api::storage::v1::{CSIDriver, StorageClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::BTreeMap;
 
@@ -27,11 +28,14 @@ pub const ADDON_LABEL: &str = "orrery.dev/addon";
 pub const COREDNS: &str = "coredns";
 pub const KUBE_PROXY: &str = "kube-proxy";
 pub const KONNECTIVITY_AGENT: &str = "konnectivity-agent";
+/// The CSI driver's part: its CSIDriver, default StorageClass and node plugin.
+pub const CSI: &str = "csi";
 
 pub mod apply;
 mod bootstrap;
 mod coredns;
 pub use coredns::RELEASES as COREDNS_RELEASES;
+mod csi;
 mod konnectivity_agent;
 mod kube_proxy;
 mod pod;
@@ -51,6 +55,8 @@ pub struct TenantObjects {
     pub deployments: Vec<Deployment>,
     pub daemon_sets: Vec<DaemonSet>,
     pub services: Vec<Service>,
+    pub csi_drivers: Vec<CSIDriver>,
+    pub storage_classes: Vec<StorageClass>,
 }
 
 /// Calls `$f` with the metadata of every object of `$o`.
@@ -70,6 +76,10 @@ macro_rules! each_meta {
         $o.deployments.iter_mut().for_each(|x| f(&mut x.metadata));
         $o.daemon_sets.iter_mut().for_each(|x| f(&mut x.metadata));
         $o.services.iter_mut().for_each(|x| f(&mut x.metadata));
+        $o.csi_drivers.iter_mut().for_each(|x| f(&mut x.metadata));
+        $o.storage_classes
+            .iter_mut()
+            .for_each(|x| f(&mut x.metadata));
     }};
 }
 
@@ -96,6 +106,8 @@ impl TenantObjects {
         self.deployments.extend(other.deployments);
         self.daemon_sets.extend(other.daemon_sets);
         self.services.extend(other.services);
+        self.csi_drivers.extend(other.csi_drivers);
+        self.storage_classes.extend(other.storage_classes);
     }
 
     /// How many objects there are.
@@ -109,6 +121,8 @@ impl TenantObjects {
             + self.deployments.len()
             + self.daemon_sets.len()
             + self.services.len()
+            + self.csi_drivers.len()
+            + self.storage_classes.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -129,6 +143,8 @@ pub struct BootstrapInputs {
     /// rollout). The add-ons take it, so during an upgrade they move only once the control
     /// plane's roll has completed.
     pub running_version: String,
+    /// The CSI node plugin's image, unless the spec names one.
+    pub csi_node_image: String,
 }
 
 fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
@@ -179,6 +195,16 @@ pub fn build(tcp: &TenantControlPlane, inputs: &BootstrapInputs) -> Result<Tenan
         );
         o.extend(part.labelled(KONNECTIVITY_AGENT));
     }
+    if addons.csi.enabled {
+        let image = addons
+            .csi
+            .node_image
+            .as_deref()
+            .unwrap_or(&inputs.csi_node_image);
+        let mut part = TenantObjects::default();
+        csi::objects(&mut part, image);
+        o.extend(part.labelled(CSI));
+    }
     Ok(o)
 }
 
@@ -198,6 +224,7 @@ mod tests {
             ca_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
             image_registry: "registry.k8s.io".into(),
             running_version: "v1.34.4".into(),
+            csi_node_image: "orrery.dev/csi-node:0.1.0".into(),
         }
     }
 

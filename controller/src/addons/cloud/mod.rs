@@ -1,15 +1,17 @@
-//! The tenant cloud controller: what a cloud-controller-manager does for a cluster on KubeVirt,
-//! run from the management cluster so the tenant never holds management credentials.
+//! The tenant's cloud, run from the management cluster so the tenant never holds management
+//! credentials: its cloud controller (what a cloud-controller-manager does for a cluster on
+//! KubeVirt) and the controller side of its CSI driver ([`crate::addons::csi`]).
 //!
-//! The controller `cloud` is keyed on TenantControlPlane: for each tenant whose
-//! `spec.addons.cloudController` is enabled and which is bootstrapped, it keeps one [`runner`]
-//! task alive ([`runners`]), started again when the admin kubeconfig or the settings change, and
-//! stopped when the tenant goes. Switching the add-on off also removes what it made
+//! The controller `cloud` is keyed on TenantControlPlane: for each bootstrapped tenant with
+//! `spec.addons.cloudController` or `spec.addons.csi` enabled, it keeps one [`runner`] task
+//! alive ([`runners`]), started again when the admin kubeconfig or the settings change, and
+//! stopped when the tenant goes. Switching the cloud controller off also removes what it made
 //! ([`release::switch_off`]). The runner works against the tenant's API with its admin
 //! kubeconfig:
 //!
 //! - [`nodes`]: Node initialisation from the VM ([`node_patch`], [`instance_type`]);
-//! - [`services`]: LoadBalancer Services served by management Services ([`load_balancer`]).
+//! - [`services`]: LoadBalancer Services served by management Services ([`load_balancer`]);
+//! - the CSI driver's provisioning and attaching ([`crate::addons::csi::runner`]).
 //!
 //! Management-side reads (VMIs, Nodes, Services) are plain GETs, repeated on a timer: a watch per
 //! tenant in the management cluster would not scale.
@@ -51,6 +53,11 @@ pub fn runs_for(tcp: &TenantControlPlane, settings: &Settings) -> bool {
     settings.tenant_access && tcp.spec.addons.cloud_controller.enabled
 }
 
+/// Whether the tenant's CSI driver runs (when the tenant is ready for it).
+pub fn csi_runs_for(tcp: &TenantControlPlane, settings: &Settings) -> bool {
+    settings.tenant_access && tcp.spec.addons.csi.enabled
+}
+
 /// What a tenant's cloud controller should be doing.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Plan {
@@ -72,7 +79,7 @@ pub fn plan(tcp: &TenantControlPlane, settings: &Settings) -> Plan {
         Plan::Idle("the tenant is being deleted")
     } else if tcp.spec.sleep {
         Plan::Idle("the tenant sleeps")
-    } else if !tcp.spec.addons.cloud_controller.enabled {
+    } else if !tcp.spec.addons.cloud_controller.enabled && !tcp.spec.addons.csi.enabled {
         Plan::Off
     } else if status.kubeconfig_secret_ref.is_none()
         || !conditions::is_true(&status.conditions, TENANT_BOOTSTRAPPED)
@@ -112,14 +119,17 @@ async fn reconcile(tcp: Arc<TenantControlPlane>, state: Arc<State>) -> Result<Ac
             Ok(Action::requeue(ctx.settings.resync))
         }
         Plan::Run => {
+            if !tcp.spec.addons.cloud_controller.enabled {
+                switch_off(&tcp, ctx).await?;
+            }
             let kubeconfig = kubeconfig(&tcp, ctx).await?;
+            let addons = &tcp.spec.addons;
             let hash = crate::hash::of_strings(&[
                 kubeconfig.as_str(),
-                tcp.spec
-                    .addons
-                    .cloud_controller
-                    .load_balancer_service_type
-                    .as_str(),
+                addons.cloud_controller.load_balancer_service_type.as_str(),
+                &addons.cloud_controller.enabled.to_string(),
+                &addons.csi.enabled.to_string(),
+                addons.csi.storage_class_name.as_deref().unwrap_or_default(),
             ]);
             if !state.runners.is_current(&key, &hash) {
                 let tenant = Arc::new(Tenant::connect(ctx, &tcp, &kubeconfig).await?);

@@ -4,6 +4,9 @@
 use super::load_balancer::Management;
 use super::{nodes, release, services};
 use crate::Result;
+use crate::addons::csi;
+use crate::addons::csi::controller::{ControllerService, Limits};
+use crate::addons::csi::kubevirt::KubeVirtInfra;
 use crate::addons::health::{CloudReport, Health};
 use crate::api::TenantControlPlane;
 use crate::apply::owner_reference;
@@ -38,6 +41,10 @@ pub struct Tenant {
     /// Where the controller reports that it runs, for the tenant's status.
     pub health: Arc<Health>,
     pub key: ObjectRef<TenantControlPlane>,
+    /// Whether the cloud controller's parts run (Nodes, load balancers).
+    pub cloud_controller: bool,
+    /// The CSI driver's controller side, when the tenant has the driver.
+    pub csi: Option<Arc<csi::runner::Driver<KubeVirtInfra>>>,
 }
 
 impl Tenant {
@@ -48,6 +55,29 @@ impl Tenant {
         kubeconfig: &str,
     ) -> Result<Self> {
         let client = crate::tenant::apply::watching_client(kubeconfig).await?;
+        let owner = OwnerReference {
+            controller: None,
+            block_owner_deletion: None,
+            ..owner_reference(tcp)
+        };
+        let csi = tcp.spec.addons.csi.enabled.then(|| {
+            let infra = KubeVirtInfra {
+                client: ctx.client.clone(),
+                namespace: tcp.namespace().unwrap_or_default(),
+                tenant: tcp.name_any(),
+                owner: owner.clone(),
+                storage_class: tcp.spec.addons.csi.storage_class_name.clone(),
+            };
+            let scope = tcp.uid().unwrap_or_default();
+            Arc::new(csi::runner::Driver {
+                client: client.clone(),
+                controller: ControllerService::new(Arc::new(infra), scope, Limits::default()),
+                recorder: Recorder::new(client.clone(), Reporter::from(csi::runner::REPORTER)),
+                metrics: ctx.metrics.clone(),
+                resync: ctx.settings.resync,
+                tenant: tcp.name_any(),
+            })
+        });
         Ok(Self {
             management: ctx.client.clone(),
             recorder: Recorder::new(client.clone(), Reporter::from(REPORTER)),
@@ -55,17 +85,15 @@ impl Tenant {
             place: Management {
                 tenant: tcp.name_any(),
                 namespace: tcp.namespace().unwrap_or_default(),
-                owner: OwnerReference {
-                    controller: None,
-                    block_owner_deletion: None,
-                    ..owner_reference(tcp)
-                },
+                owner,
                 service_type: tcp.spec.addons.cloud_controller.load_balancer_service_type,
             },
             metrics: ctx.metrics.clone(),
             resync: ctx.settings.resync,
             health: ctx.addons.clone(),
             key: ObjectRef::from_obj(tcp),
+            cloud_controller: tcp.spec.addons.cloud_controller.enabled,
+            csi,
         })
     }
 
@@ -91,9 +119,24 @@ impl Tenant {
     }
 }
 
-/// Runs the tenant's cloud controller until `stop`: Node initialisation, LoadBalancer Services,
-/// and a periodic sweep of management Services whose tenant Service is gone.
+/// Runs the tenant's cloud until `stop`: the cloud controller (Node initialisation,
+/// LoadBalancer Services, and a periodic sweep of management Services whose tenant Service is
+/// gone) and the CSI driver's controller side, each when switched on.
 pub async fn run(t: Arc<Tenant>, stop: CancellationToken) {
+    let csi = {
+        let (driver, stop) = (t.csi.clone(), stop.clone());
+        async move {
+            if let Some(driver) = driver {
+                csi::runner::run(driver, stop).await;
+            }
+        }
+    };
+    if !t.cloud_controller {
+        // The driver's controllers start watching at once: nothing to wait for.
+        t.health.report_cloud(&t.key, Some(CloudReport::Running));
+        csi.await;
+        return;
+    }
     info!(tenant = %t.place.tenant, namespace = %t.place.namespace, "cloud controller started");
     let (services, store, listed) = services::controller(&t);
     tokio::join!(
@@ -101,6 +144,7 @@ pub async fn run(t: Arc<Tenant>, stop: CancellationToken) {
         nodes::run(t.clone(), stop.clone()),
         report_running(t.clone(), listed.clone(), stop.clone()),
         sweep(t.clone(), store, listed, stop.clone()),
+        csi,
     );
     info!(tenant = %t.place.tenant, namespace = %t.place.namespace, "cloud controller stopped");
 }

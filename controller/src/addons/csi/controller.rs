@@ -1,6 +1,7 @@
 //! The CSI Controller service over an [`Infra`]: the spec's rules (what is required, what is
 //! idempotent, which error code says what) in one place, whatever holds the disks.
 
+use super::busy::{Busy, Claim};
 use super::capability;
 use super::ids::{self, MIB};
 use super::infra::{Disk, Infra, Progress};
@@ -15,8 +16,8 @@ use super::proto::csi::{
     CreateVolumeResponse, DeleteVolumeRequest, DeleteVolumeResponse,
     ValidateVolumeCapabilitiesRequest, ValidateVolumeCapabilitiesResponse, Volume,
 };
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 /// The key of the publish context that carries the disk's serial to the node.
@@ -46,7 +47,7 @@ pub struct ControllerService<I> {
     infra: Arc<I>,
     scope: String,
     limits: Limits,
-    busy: Arc<Mutex<HashSet<String>>>,
+    busy: Busy,
 }
 
 impl<I: Infra> ControllerService<I> {
@@ -55,7 +56,7 @@ impl<I: Infra> ControllerService<I> {
             infra,
             scope: scope.into(),
             limits,
-            busy: Arc::default(),
+            busy: Busy::default(),
         }
     }
 
@@ -231,33 +232,9 @@ impl<I: Infra> ControllerService<I> {
         found.ok_or_else(|| Status::not_found(format!("volume {id} does not exist")))
     }
 
-    /// Marks `id` busy until the guard drops: a second call on the same volume meanwhile gets
-    /// ABORTED, as the spec asks, instead of racing the first.
+    /// Marks `id` busy until the claim drops (see [`Busy`]).
     fn claim(&self, id: &str) -> Result<Claim, Status> {
-        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-        if !busy.insert(id.to_owned()) {
-            return Err(Status::aborted(format!(
-                "an operation on volume {id} is in progress"
-            )));
-        }
-        Ok(Claim {
-            busy: self.busy.clone(),
-            id: id.to_owned(),
-        })
-    }
-}
-
-struct Claim {
-    busy: Arc<Mutex<HashSet<String>>>,
-    id: String,
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        self.busy
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.id);
+        self.busy.claim(id)
     }
 }
 

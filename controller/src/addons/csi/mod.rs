@@ -10,12 +10,14 @@
 //! - [`capability`]: what a volume can be (one node, ext4, xfs or a raw block device).
 
 pub mod attachments;
+pub mod busy;
 pub mod capability;
 pub mod claims;
 pub mod controller;
 pub mod identity;
 pub mod ids;
 pub mod infra;
+pub mod kubevirt;
 pub mod node;
 pub mod proto;
 pub mod runner;

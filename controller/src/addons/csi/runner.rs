@@ -34,6 +34,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Status};
 use tracing::{debug, info, warn};
 
+/// The reporting controller of the driver's Events in the tenant.
+pub const REPORTER: &str = "orrery-csi-controller";
+
 /// How soon an operation the infrastructure has under way (an attach, a disk being prepared)
 /// is asked about again.
 const PENDING_RETRY: Duration = Duration::from_secs(3);
@@ -321,12 +324,7 @@ async fn reconcile_attachment<I: Infra>(
     match attachments::plan(&va) {
         AttachPlan::Ignore => Ok(Action::await_change()),
         AttachPlan::Refuse(why) => {
-            set_status(
-                &api,
-                &name,
-                json!({"attached": false, "attachError": error_json(&why)}),
-            )
-            .await?;
+            set_error(&api, &va, "attachError", &why).await?;
             Ok(Action::await_change())
         }
         AttachPlan::Attach { volume, node } => {
@@ -342,12 +340,7 @@ async fn reconcile_attachment<I: Infra>(
                 .await?;
             let Some((handle, capability)) = pv.as_ref().and_then(publish_inputs) else {
                 let why = format!("PersistentVolume {volume} is not a volume of this driver");
-                set_status(
-                    &api,
-                    &name,
-                    json!({"attached": false, "attachError": error_json(&why)}),
-                )
-                .await?;
+                set_error(&api, &va, "attachError", &why).await?;
                 return Ok(Action::requeue(FAILED_RETRY));
             };
             let request = ControllerPublishVolumeRequest {
@@ -378,12 +371,7 @@ async fn reconcile_attachment<I: Infra>(
                     Ok(Action::await_change())
                 }
                 Err(status) => {
-                    set_status(
-                        &api,
-                        &name,
-                        json!({"attached": false, "attachError": error_json(status.message())}),
-                    )
-                    .await?;
+                    set_error(&api, &va, "attachError", status.message()).await?;
                     Ok(Action::requeue(retry_after(&status)))
                 }
             }
@@ -406,12 +394,7 @@ async fn reconcile_attachment<I: Infra>(
                     .controller_unpublish_volume(Request::new(request))
                     .await
                 {
-                    set_status(
-                        &api,
-                        &name,
-                        json!({"detachError": error_json(status.message())}),
-                    )
-                    .await?;
+                    set_error(&api, &va, "detachError", status.message()).await?;
                     return Ok(Action::requeue(retry_after(&status)));
                 }
             }
@@ -449,8 +432,28 @@ fn retry_attachment<I: Infra>(
     Action::requeue(FAILED_RETRY)
 }
 
-fn error_json(message: &str) -> serde_json::Value {
-    json!({"message": message, "time": jiff::Timestamp::now().to_string()})
+/// Records `message` as the attachment's `attachError` or `detachError` (an attach error also
+/// says it is not attached), unless it says so already: each write wakes this reconcile again.
+async fn set_error(
+    api: &Api<VolumeAttachment>,
+    va: &VolumeAttachment,
+    field: &str,
+    message: &str,
+) -> Result<()> {
+    let status = va.status.as_ref();
+    let current = match field {
+        "attachError" => status.and_then(|s| s.attach_error.as_ref()),
+        _ => status.and_then(|s| s.detach_error.as_ref()),
+    };
+    if current.and_then(|e| e.message.as_deref()) == Some(message) {
+        return Ok(());
+    }
+    let error = json!({"message": message, "time": jiff::Timestamp::now().to_string()});
+    let mut patch = json!({ field: error });
+    if field == "attachError" {
+        patch["attached"] = json!(false);
+    }
+    set_status(api, &va.name_any(), patch).await
 }
 
 async fn set_status(

@@ -14,6 +14,7 @@ pub mod format;
 pub mod mount;
 pub mod registration;
 
+use super::busy::Busy;
 use super::capability::{self, Access, Capability};
 use super::identity::IdentityService;
 use super::ids;
@@ -35,12 +36,11 @@ use device::Device;
 use format::Content;
 use mount::MountOptions;
 use registration::{RegistrationOptions, RegistrationService};
-use std::collections::HashSet;
 use std::future::Future;
 use std::io;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
@@ -168,14 +168,14 @@ fn remove_socket(path: &Path) {
 pub struct NodeService {
     opts: Arc<NodeOptions>,
     /// Volumes a call is working on.
-    busy: Arc<Mutex<HashSet<String>>>,
+    busy: Busy,
 }
 
 impl NodeService {
     pub fn new(opts: NodeOptions) -> Self {
         Self {
             opts: Arc::new(opts),
-            busy: Arc::default(),
+            busy: Busy::default(),
         }
     }
 
@@ -187,7 +187,7 @@ impl NodeService {
         volume_id: &str,
         work: impl Future<Output = Result<T, Status>> + Send + 'static,
     ) -> Result<T, Status> {
-        let claim = Claim::take(&self.busy, volume_id)?;
+        let claim = self.busy.claim(volume_id)?;
         tokio::spawn(async move {
             let result = work.await;
             drop(claim);
@@ -195,36 +195,6 @@ impl NodeService {
         })
         .await
         .map_err(|e| Status::internal(format!("volume {volume_id}: {e}")))?
-    }
-}
-
-/// A volume a call is working on, released when dropped.
-struct Claim {
-    busy: Arc<Mutex<HashSet<String>>>,
-    volume_id: String,
-}
-
-impl Claim {
-    fn take(busy: &Arc<Mutex<HashSet<String>>>, volume_id: &str) -> Result<Self, Status> {
-        let mut set = busy.lock().unwrap_or_else(PoisonError::into_inner);
-        if !set.insert(volume_id.to_owned()) {
-            return Err(Status::aborted(format!(
-                "an operation on volume {volume_id} is in progress"
-            )));
-        }
-        Ok(Self {
-            busy: busy.clone(),
-            volume_id: volume_id.to_owned(),
-        })
-    }
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        self.busy
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.volume_id);
     }
 }
 
