@@ -1045,7 +1045,7 @@ fn image_rule(path: &str, at: &str) -> Rule {
     ))
     .message(Message::Message(format!(
         "{path}.{} must be an image reference [registry[:port]/]path[:tag][@sha256:<64 hex digits>] with lower-case path components, such as registry.k8s.io/kube-apiserver:v1.34.4",
-        at.trim_start_matches("self.")
+        at.strip_prefix("self.").unwrap_or("image")
     )));
     at_field(rule, at)
 }

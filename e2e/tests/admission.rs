@@ -455,6 +455,16 @@ async fn bad_tenant_specs_are_refused_on_create() {
                 with(json!({"addons": {"clusterAutoscaler": {"enabled": true, "image": "cluster autoscaler"}}})),
                 "spec.addons.clusterAutoscaler.image must be an image reference",
             ),
+            (
+                "CSI node image with upper case",
+                with(json!({"addons": {"csi": {"enabled": true, "nodeImage": "Orrery/CSI-Node:1"}}})),
+                "spec.addons.csi.nodeImage must be an image reference",
+            ),
+            (
+                "CSI storage class that is not a name",
+                with(json!({"addons": {"csi": {"enabled": true, "storageClassName": "Fast Disks"}}})),
+                "spec.addons.csi.storageClassName must be a StorageClass name",
+            ),
         ])
         .collect();
     assert!(cases.len() >= 60);
@@ -500,7 +510,8 @@ async fn good_tenant_specs_and_the_examples_are_accepted() {
                     "konnectivityServer": {"image": "localhost:5000/proxy_server__x--y"}
                 },
                 "addons": {"coreDNS": {"image": "coredns/coredns:1.12.1"}, "kubeProxy": {"image": format!("kube-proxy@sha256:{digest}")},
-                           "clusterAutoscaler": {"enabled": true, "image": "registry.k8s.io/autoscaling/cluster-autoscaler:v1.34.5"}}
+                           "clusterAutoscaler": {"enabled": true, "image": "registry.k8s.io/autoscaling/cluster-autoscaler:v1.34.5"},
+                           "csi": {"enabled": true, "storageClassName": "local-block.example", "nodeImage": "orrery.dev/csi-node:0.1.0"}}
             }),
         ),
         (
