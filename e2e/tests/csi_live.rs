@@ -119,7 +119,7 @@ fn tenant_field(tenant: &Tenant, args: &[&str]) -> String {
 
 /// What a failed wait shows: the management side (claims, VMs, hot-plug pods, events), the
 /// tenant side (claims, volumes, attachments, pods, events) and the operator's log.
-fn report(ground: &Ground, ns: &str, release: &Release, tenant: Option<&Tenant>) -> String {
+fn report(ground: &Ground, ns: &str, release: &Release, tenant: &Tenant) -> String {
     let mut out = String::new();
     for args in [
         vec!["get", "pvc,pods,vm,vmi", "-n", ns, "-o", "wide"],
@@ -142,28 +142,26 @@ fn report(ground: &Ground, ns: &str, release: &Release, tenant: Option<&Tenant>)
             String::from_utf8_lossy(&o.stderr)
         );
     }
-    if let Some(t) = tenant {
-        for args in [
-            vec!["get", "pvc,pods", "-A", "-o", "wide"],
-            vec!["get", "pv,volumeattachments,csinodes", "-o", "wide"],
-            vec!["get", "events", "-A", "--sort-by=.lastTimestamp"],
-            vec![
-                "logs",
-                "-n",
-                "kube-system",
-                "-l",
-                "k8s-app=orrery-csi-node",
-                "--tail=40",
-            ],
-        ] {
-            let o = t.run(&args);
-            out += &format!(
-                "$ tenant kubectl {}\n{}{}\n",
-                args.join(" "),
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
+    for args in [
+        vec!["get", "pvc,pods", "-A", "-o", "wide"],
+        vec!["get", "pv,volumeattachments,csinodes", "-o", "wide"],
+        vec!["get", "events", "-A", "--sort-by=.lastTimestamp"],
+        vec![
+            "logs",
+            "-n",
+            "kube-system",
+            "-l",
+            "k8s-app=orrery-csi-node",
+            "--tail=40",
+        ],
+    ] {
+        let o = tenant.run(&args);
+        out += &format!(
+            "$ tenant kubectl {}\n{}{}\n",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     let logs = release.logs();
     let tail: Vec<&str> = logs.lines().rev().take(80).collect();
@@ -223,7 +221,6 @@ async fn a_claim_in_a_tenant_gets_a_hot_plugged_disk_that_keeps_its_data() {
         namespaces: [ns.clone(), etcd_ns.clone()],
     };
     let disks = LocalDisks::new(&ground, 2);
-    let why = || report(&ground, &ns, &release, None);
 
     apply_json(
         &ground,
@@ -247,7 +244,7 @@ async fn a_claim_in_a_tenant_gets_a_hot_plugged_disk_that_keeps_its_data() {
         ground: ground.clone(),
         kubeconfig: write_admin_kubeconfig(&secret, &dir),
     };
-    let why = || report(&ground, &ns, &release, Some(&tenant));
+    let why = || report(&ground, &ns, &release, &tenant);
     apply_json(
         &ground,
         &json!({
