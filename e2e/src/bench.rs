@@ -24,6 +24,7 @@ pub async fn stand_in_tenant(
     name: &str,
     kubeconfig: &str,
     endpoint: &str,
+    addons: &serde_json::Value,
 ) -> Result<()> {
     let secret_name = format!("{name}-admin-kubeconfig");
     let secret: Secret = serde_json::from_value(json!({
@@ -36,7 +37,7 @@ pub async fn stand_in_tenant(
     let tcp: TenantControlPlane = serde_json::from_value(json!({
         "apiVersion": "orrery.dev/v1alpha1", "kind": "TenantControlPlane",
         "metadata": {"name": name, "namespace": ns},
-        "spec": {"version": TENANT_VERSION}
+        "spec": {"version": TENANT_VERSION, "addons": addons}
     }))?;
     let api = Api::<TenantControlPlane>::namespaced(client.clone(), ns);
     let tcp = api.create(&PostParams::default(), &tcp).await?;

@@ -258,6 +258,24 @@ mod tests {
             ),
             (
                 (
+                    "CSI driver alone, not bootstrapped",
+                    "{cloudController: {enabled: false}, csi: {enabled: true}}",
+                    None,
+                    None,
+                ),
+                (false, "CsiDriverPending"),
+            ),
+            (
+                (
+                    "CSI driver alone, running",
+                    "{cloudController: {enabled: false}, csi: {enabled: true}}",
+                    Some(CloudReport::Running),
+                    None,
+                ),
+                (true, "AddonsRunning"),
+            ),
+            (
+                (
                     "both running",
                     both,
                     Some(CloudReport::Running),

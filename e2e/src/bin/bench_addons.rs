@@ -4,7 +4,10 @@
 //! figures; asserts nothing.
 //!
 //!   cargo build --release -p orrery-e2e --bin bench_addons
-//!   target/release/bench_addons [TENANTS]      # default: 100
+//!   target/release/bench_addons [TENANTS] [csi]   # default: 100; csi: with the CSI driver
+//!
+//! With `csi`, every tenant also has `spec.addons.csi` on: its task then runs the CSI driver's
+//! controllers too, which watch the tenant's claims, volumes, attachments and StorageClasses.
 //!
 //! Needs a running ground (`e2e/ground up`). Nothing there runs tenant apiservers, so the tenants
 //! are stand-ins as in `bench_nodepool`: TenantControlPlanes whose status (written here) says
@@ -52,6 +55,11 @@ async fn main() -> Result<()> {
         Some(n) => n.parse().context("TENANTS is a number")?,
         None => 100,
     };
+    let csi = match std::env::args().nth(2).as_deref() {
+        None => false,
+        Some("csi") => true,
+        Some(other) => bail!("the second argument is `csi` or nothing, not {other:?}"),
+    };
     log_to_stderr();
 
     let ground = Ground::get()?;
@@ -97,7 +105,7 @@ async fn main() -> Result<()> {
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &namespace)
         .await?;
-    let result = measure(&ground, &client, &ctx, &ns, tenants).await;
+    let result = measure(&ground, &client, &ctx, &ns, tenants, csi).await;
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(30), controller).await;
     orrery_e2e::delete_namespace(&client, &ns).await?;
@@ -118,6 +126,7 @@ async fn measure(
     ctx: &Context,
     ns: &str,
     tenants: usize,
+    csi: bool,
 ) -> Result<()> {
     // The tenants' watch lists (nothing yet) and settles first.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -130,8 +139,9 @@ async fn measure(
     let endpoint = api_url.trim_start_matches("https://");
     let start = Instant::now();
     let mut created = Vec::with_capacity(tenants);
+    let addons = json!({"csi": {"enabled": csi}});
     for i in 0..tenants {
-        stand_in_tenant(client, ns, &format!("t{i}"), &kubeconfig, endpoint).await?;
+        stand_in_tenant(client, ns, &format!("t{i}"), &kubeconfig, endpoint, &addons).await?;
         created.push(start.elapsed());
     }
     // Each tenant's time from its creation until its controller reported running.
@@ -163,7 +173,12 @@ async fn measure(
     let ms_per_minute =
         |ticks: u64| ticks as f64 * 1000.0 / TICKS_PER_SECOND as f64 * 60.0 / IDLE.as_secs_f64();
     let (idle_before, idle_after) = (ms_per_minute(idle_before), ms_per_minute(idle_after));
-    println!("{tenants} tenants' cloud controllers, tenants created one after another:");
+    let what = if csi {
+        "cloud controllers with their CSI drivers' controllers"
+    } else {
+        "cloud controllers"
+    };
+    println!("{tenants} tenants' {what}, tenants created one after another:");
     println!(
         "  all running {:.2} s after the first tenant was created; tenant created → its \
          controller running: p50 {:.2} s, p90 {:.2} s, max {:.2} s",

@@ -242,7 +242,15 @@ impl Bench {
         let api_url = self.ground.var("ORRERY_GROUND_API");
         let endpoint = api_url.trim_start_matches("https://");
         for i in 0..n {
-            stand_in_tenant(&self.client, ns, &format!("t{i}"), &kubeconfig, endpoint).await?;
+            stand_in_tenant(
+                &self.client,
+                ns,
+                &format!("t{i}"),
+                &kubeconfig,
+                endpoint,
+                &json!({}),
+            )
+            .await?;
         }
         let store = self.ctx.stores.tenants.clone();
         eventually(

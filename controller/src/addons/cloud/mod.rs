@@ -255,6 +255,7 @@ mod tests {
 
     const SPEC: &str = "version: v1.34.4\n";
     const OFF: &str = "version: v1.34.4\naddons:\n  cloudController:\n    enabled: false\n";
+    const CSI_ONLY: &str = "version: v1.34.4\naddons:\n  cloudController:\n    enabled: false\n  csi:\n    enabled: true\n";
     const BOOTSTRAPPED: &str = r#"
 kubeconfigSecretRef: {name: t1-admin-kubeconfig, key: kubeconfig}
 conditions:
@@ -283,6 +284,12 @@ conditions:
                 Plan::Run,
             ),
             ("switched off", tcp(OFF, BOOTSTRAPPED), &on, Plan::Off),
+            (
+                "cloud controller off, CSI driver on",
+                tcp(CSI_ONLY, BOOTSTRAPPED),
+                &on,
+                Plan::Run,
+            ),
             (
                 "switched off before bootstrap",
                 tcp(OFF, "{}"),
