@@ -104,17 +104,32 @@ impl Drop for LocalDisks<'_> {
     }
 }
 
-fn field(ground: &Ground, ns: &str, object: &str, path: &str) -> String {
-    let out = ground.run(
-        "kubectl",
-        &["get", object, "-n", ns, "-o", &format!("jsonpath={path}")],
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+/// A jsonpath of a management object: "" when it does not exist, None when kubectl fails.
+fn field(ground: &Ground, ns: &str, object: &str, path: &str) -> Option<String> {
+    let jsonpath = format!("jsonpath={path}");
+    let args = [
+        "get",
+        object,
+        "-n",
+        ns,
+        "--ignore-not-found",
+        "-o",
+        &jsonpath,
+    ];
+    stdout(ground.run("kubectl", &args))
 }
 
-fn tenant_field(tenant: &Tenant, args: &[&str]) -> String {
-    let out = tenant.run(args);
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+/// What `kubectl get` in the tenant prints: "" when nothing exists, None when kubectl fails.
+fn tenant_field(tenant: &Tenant, args: &[&str]) -> Option<String> {
+    let mut all = args.to_vec();
+    all.push("--ignore-not-found");
+    stdout(tenant.run(&all))
+}
+
+fn stdout(out: std::process::Output) -> Option<String> {
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// What a failed wait shows: the management side (claims, VMs, hot-plug pods, events), the
@@ -256,7 +271,7 @@ async fn a_claim_in_a_tenant_gets_a_hot_plugged_disk_that_keeps_its_data() {
         }),
     );
     wait_until("the worker Ready", Duration::from_secs(600), &why, || {
-        field(&ground, &ns, "np/workers", "{.status.readyReplicas}") == "1"
+        field(&ground, &ns, "np/workers", "{.status.readyReplicas}").as_deref() == Some("1")
     });
     let worker = tenant.nodes()[0].0.clone();
     // The node plugin registered itself with the worker's kubelet.
@@ -274,7 +289,9 @@ async fn a_claim_in_a_tenant_gets_a_hot_plugged_disk_that_keeps_its_data() {
                     "-o",
                     "jsonpath={.spec.drivers[*].name}",
                 ],
-            ) == "csi.orrery.dev"
+            )
+            .as_deref()
+                == Some("csi.orrery.dev")
         },
     );
     assert_eq!(
@@ -287,8 +304,9 @@ async fn a_claim_in_a_tenant_gets_a_hot_plugged_disk_that_keeps_its_data() {
                 "-o",
                 r#"jsonpath={.metadata.annotations.storageclass\.kubernetes\.io/is-default-class}"#
             ]
-        ),
-        "true",
+        )
+        .as_deref(),
+        Some("true"),
         "orrery is the tenant's default StorageClass"
     );
 
@@ -318,25 +336,29 @@ async fn a_claim_in_a_tenant_gets_a_hot_plugged_disk_that_keeps_its_data() {
             tenant_field(
                 &tenant,
                 &["get", "pod", "writer", "-o", "jsonpath={.status.phase}"],
-            ) == "Succeeded"
+            )
+            .as_deref()
+                == Some("Succeeded")
         },
     );
     println!(
         "csi: claim created → writer pod done with the volume: {:.1} s",
         start.elapsed().as_secs_f64()
     );
-    let pv = tenant_field(
-        &tenant,
-        &["get", "pvc", "data", "-o", "jsonpath={.spec.volumeName}"],
-    );
-    let handle = tenant_field(
-        &tenant,
-        &["get", "pv", &pv, "-o", "jsonpath={.spec.csi.volumeHandle}"],
-    );
+    let pv = tenant.kubectl(&["get", "pvc", "data", "-o", "jsonpath={.spec.volumeName}"]);
+    let handle = tenant.kubectl(&["get", "pv", &pv, "-o", "jsonpath={.spec.csi.volumeHandle}"]);
     assert_eq!(handle.len(), 20, "volume id {handle:?}");
     // Its disk: a Block claim in the tenant's namespace, bound to one of the local volumes.
     let disk = format!("store-csi-{handle}");
-    let bound_to = field(&ground, &ns, &format!("pvc/{disk}"), "{.spec.volumeName}");
+    let bound_to = ground.kubectl(&[
+        "get",
+        "pvc",
+        &disk,
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.spec.volumeName}",
+    ]);
     assert!(
         bound_to.starts_with(&disks.class),
         "disk {disk} is bound to {bound_to:?}"
@@ -345,14 +367,14 @@ async fn a_claim_in_a_tenant_gets_a_hot_plugged_disk_that_keeps_its_data() {
     // The writer goes: the disk is unplugged from the VM.
     tenant.kubectl(&["delete", "pod", "writer", "--wait=true", "--timeout=120s"]);
     wait_until("the disk unplugged", Duration::from_secs(300), &why, || {
-        tenant_field(&tenant, &["get", "volumeattachments", "-o", "name"]).is_empty()
-            && !field(
+        tenant_field(&tenant, &["get", "volumeattachments", "-o", "name"]).as_deref() == Some("")
+            && field(
                 &ground,
                 &ns,
                 "vmi",
                 "{.items[*].status.volumeStatus[*].name}",
             )
-            .contains(&handle)
+            .is_some_and(|names| !names.contains(&handle))
     });
 
     // A new pod reads the file back from the same volume, plugged in again.
@@ -371,7 +393,9 @@ async fn a_claim_in_a_tenant_gets_a_hot_plugged_disk_that_keeps_its_data() {
         tenant_field(
             &tenant,
             &["get", "pod", "reader", "-o", "jsonpath={.status.phase}"],
-        ) == "Succeeded"
+        )
+        .as_deref()
+            == Some("Succeeded")
     });
     println!(
         "csi: reader pod done (attach again, mount) in {:.1} s",
@@ -391,12 +415,12 @@ async fn a_claim_in_a_tenant_gets_a_hot_plugged_disk_that_keeps_its_data() {
         Duration::from_secs(300),
         &why,
         || {
-            tenant_field(&tenant, &["get", "pv", "-o", "name"]).is_empty()
-                && ground
-                    .run("kubectl", &["get", "pvc", &disk, "-n", &ns])
-                    .status
-                    .code()
-                    == Some(1)
+            tenant_field(&tenant, &["get", "pv", "-o", "name"]).as_deref() == Some("")
+                && field(&ground, &ns, &format!("pvc/{disk}"), "{.metadata.name}").as_deref()
+                    == Some("")
+                // KubeVirt's hot-plug pods go with the disk.
+                && field(&ground, &ns, "pods", "{.items[*].metadata.name}")
+                    .is_some_and(|pods| !pods.contains("hp-volume-"))
         },
     );
 

@@ -7,6 +7,9 @@ use super::DRIVER;
 use k8s_openapi::api::storage::v1::VolumeAttachment;
 use kube::{Resource, ResourceExt};
 
+/// Records on a VolumeAttachment the id of the volume it attaches, for the detach.
+pub const HANDLE_ANNOTATION: &str = "csi.orrery.dev/volume-id";
+
 /// The attacher's finalizer on a VolumeAttachment: `external-attacher/` and the driver's name
 /// with every character other than a letter, digit or `-` replaced, as upstream names it.
 pub fn finalizer() -> String {

@@ -245,6 +245,9 @@ pub enum VolumePlan {
     Keep,
     /// Released with reclaim policy Delete: delete the disk with this id, then the volume.
     Delete(String),
+    /// Kept by its reclaim policy (changed from Delete): only the finalizer that would delete
+    /// its disk goes, so the volume object can be deleted and the disk stays.
+    DropFinalizer,
 }
 
 /// The plan for PersistentVolume `pv`.
@@ -264,6 +267,8 @@ pub fn plan_volume(pv: &PersistentVolume) -> VolumePlan {
         || (pv.meta().deletion_timestamp.is_some() && phase != Some("Bound"));
     if delete && released {
         VolumePlan::Delete(csi.volume_handle)
+    } else if !delete && pv.finalizers().iter().any(|f| f == PV_FINALIZER) {
+        VolumePlan::DropFinalizer
     } else {
         VolumePlan::Keep
     }
@@ -391,6 +396,12 @@ parameters: {csi.storage.k8s.io/fstype: xfs}
             VolumePlan::Delete("0123456789abcdef0123".into())
         );
         pv.spec.as_mut().unwrap().persistent_volume_reclaim_policy = Some("Retain".into());
+        assert_eq!(
+            plan_volume(&pv),
+            VolumePlan::DropFinalizer,
+            "kept: its disk stays"
+        );
+        pv.metadata.finalizers = None;
         assert_eq!(plan_volume(&pv), VolumePlan::Keep);
     }
 }

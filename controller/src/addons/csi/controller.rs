@@ -124,8 +124,9 @@ impl<I: Infra> ControllerService<I> {
         let id = required("volume_id", &req.volume_id)?;
         let node = required("node_id", &req.node_id)?;
         capability::parse("volume_capability", req.volume_capability.as_ref())?;
-        let disk = self.existing(id).await?;
+        // Claimed before the disk is read: where it is attached must not change meanwhile.
         let _busy = self.claim(id)?;
+        let disk = self.existing(id).await?;
         if !self.infra.node_exists(node).await? {
             return Err(Status::not_found(format!("node {node} is not known")));
         }
@@ -200,8 +201,8 @@ impl<I: Infra> ControllerService<I> {
             return Err(Status::invalid_argument("capacity_range is required"));
         };
         let capacity = capacity_for(Some(range), self.limits)?;
-        let disk = self.existing(id).await?;
         let _busy = self.claim(id)?;
+        let disk = self.existing(id).await?;
         // A block volume has no filesystem to grow on the node.
         let on_node = !matches!(
             capability::parse("volume_capability", req.volume_capability.as_ref()),

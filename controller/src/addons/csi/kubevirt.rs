@@ -66,8 +66,12 @@ impl KubeVirtInfra {
         obj.labels().get(TENANT_LABEL) == Some(&self.tenant)
     }
 
-    /// This tenant's VM `name`, if there is one.
+    /// This tenant's VM `name`, if there is one. The name comes from the tenant (a Node name in
+    /// a VolumeAttachment) and goes into URLs: anything but an object name is no VM.
     async fn vm(&self, name: &str) -> Result<Option<VirtualMachine>, Status> {
+        if !is_object_name(name) {
+            return Ok(None);
+        }
         let vm = self
             .vms()
             .get_opt(name)
@@ -77,6 +81,9 @@ impl KubeVirtInfra {
     }
 
     async fn vmi(&self, name: &str) -> Result<Option<VirtualMachineInstance>, Status> {
+        if !is_object_name(name) {
+            return Ok(None);
+        }
         let vmi = self
             .vmis()
             .get_opt(name)
@@ -101,6 +108,21 @@ impl KubeVirtInfra {
             .map_err(|e| unavailable(&format!("KubeVirt {verb} on VM {vm}"), e))?;
         Ok(())
     }
+}
+
+/// Whether `name` is a DNS-1123 subdomain, the form of a VM's name.
+pub fn is_object_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 /// Whether VM `vm` has the volume `id` in its spec or asks for it to be added.
@@ -271,6 +293,12 @@ impl Infra for KubeVirtInfra {
                 "KubeVirt is asked to plug the disk in".into(),
             ));
         }
+        if pending_request(&vm, id, "removeVolumeOptions") {
+            // Being unplugged (an earlier detach): plugged in again once that is through.
+            return Ok(Progress::Pending(
+                "the disk is being unplugged first".into(),
+            ));
+        }
         let vmi = self.vmi(node).await?;
         match vmi.as_ref().and_then(|v| vmi_phase(v, id)) {
             Some("Ready") => Ok(Progress::Done),
@@ -360,6 +388,24 @@ mod tests {
         assert_eq!(vmi_phase(&vmi, "aaaa"), Some("Ready"));
         assert_eq!(vmi_phase(&vmi, "bbbb"), Some("Pending"));
         assert_eq!(vmi_phase(&vmi, "cccc"), None);
+    }
+
+    #[test]
+    fn only_object_names_name_vms() {
+        assert!(is_object_name("workers-x1y2z"));
+        assert!(is_object_name("a.b-c"));
+        for bad in [
+            "",
+            "../secrets",
+            "a/b",
+            "Workers",
+            "-a",
+            "a-",
+            "a..b",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_object_name(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -250,8 +250,13 @@ async fn reconcile_volume<I: Infra>(
     d: Arc<Driver<I>>,
 ) -> Result<Action> {
     let _timer = d.metrics.reconcile_started("csi-volume");
-    let VolumePlan::Delete(handle) = claims::plan_volume(&pv) else {
-        return Ok(Action::await_change());
+    let handle = match claims::plan_volume(&pv) {
+        VolumePlan::Keep => return Ok(Action::await_change()),
+        VolumePlan::DropFinalizer => {
+            drop_volume_finalizer(&d, &pv).await?;
+            return Ok(Action::await_change());
+        }
+        VolumePlan::Delete(handle) => handle,
     };
     let request = DeleteVolumeRequest {
         volume_id: handle.clone(),
@@ -269,22 +274,8 @@ async fn reconcile_volume<I: Infra>(
     }
     let api = Api::<PersistentVolume>::all(d.client.clone());
     let name = pv.name_any();
-    if pv.finalizers().iter().any(|f| f == claims::PV_FINALIZER) {
-        let rest: Vec<&String> = pv
-            .finalizers()
-            .iter()
-            .filter(|f| *f != claims::PV_FINALIZER)
-            .collect();
-        let patch =
-            json!({"metadata": {"finalizers": rest, "resourceVersion": pv.resource_version()}});
-        match api
-            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(Action::await_change()),
-            Err(e) => return Err(e.into()),
-        }
+    if !drop_volume_finalizer(&d, &pv).await? {
+        return Ok(Action::await_change());
     }
     if pv.meta().deletion_timestamp.is_none() {
         match api.delete(&name, &DeleteParams::default()).await {
@@ -295,6 +286,32 @@ async fn reconcile_volume<I: Infra>(
     }
     info!(tenant = %d.tenant, volume = %name, "released volume deleted");
     Ok(Action::await_change())
+}
+
+/// Removes the provisioner's finalizer from `pv`, if it has it; false when `pv` is gone.
+async fn drop_volume_finalizer<I: Infra>(d: &Driver<I>, pv: &PersistentVolume) -> Result<bool> {
+    if !pv.finalizers().iter().any(|f| f == claims::PV_FINALIZER) {
+        return Ok(true);
+    }
+    let rest: Vec<&String> = pv
+        .finalizers()
+        .iter()
+        .filter(|f| *f != claims::PV_FINALIZER)
+        .collect();
+    let patch = json!({"metadata": {"finalizers": rest, "resourceVersion": pv.resource_version()}});
+    let api = Api::<PersistentVolume>::all(d.client.clone());
+    match api
+        .patch(
+            &pv.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn retry_volume<I: Infra>(pv: Arc<PersistentVolume>, error: &Error, d: Arc<Driver<I>>) -> Action {
@@ -328,13 +345,6 @@ async fn reconcile_attachment<I: Infra>(
             Ok(Action::await_change())
         }
         AttachPlan::Attach { volume, node } => {
-            if !va.finalizers().contains(&attachments::finalizer()) {
-                let mut finalizers = va.finalizers().to_vec();
-                finalizers.push(attachments::finalizer());
-                let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": va.resource_version()}});
-                api.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-                    .await?;
-            }
             let pv = Api::<PersistentVolume>::all(d.client.clone())
                 .get_opt(&volume)
                 .await?;
@@ -343,6 +353,23 @@ async fn reconcile_attachment<I: Infra>(
                 set_error(&api, &va, "attachError", &why).await?;
                 return Ok(Action::requeue(FAILED_RETRY));
             };
+            // The finalizer, and the volume id for the detach (the PersistentVolume may be gone
+            // by then), before anything is attached.
+            let holds = va.finalizers().contains(&attachments::finalizer());
+            let recorded = va.annotations().get(attachments::HANDLE_ANNOTATION) == Some(&handle);
+            if !holds || !recorded {
+                let mut finalizers = va.finalizers().to_vec();
+                if !holds {
+                    finalizers.push(attachments::finalizer());
+                }
+                let patch = json!({"metadata": {
+                    "finalizers": finalizers,
+                    "annotations": {attachments::HANDLE_ANNOTATION: handle},
+                    "resourceVersion": va.resource_version(),
+                }});
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await?;
+            }
             let request = ControllerPublishVolumeRequest {
                 volume_id: handle,
                 node_id: node,
@@ -377,12 +404,19 @@ async fn reconcile_attachment<I: Infra>(
             }
         }
         AttachPlan::Detach { volume, node } => {
-            let handle = Api::<PersistentVolume>::all(d.client.clone())
+            let handle = match Api::<PersistentVolume>::all(d.client.clone())
                 .get_opt(&volume)
                 .await?
                 .as_ref()
                 .and_then(publish_inputs)
-                .map(|(h, _)| h);
+            {
+                Some((handle, _)) => Some(handle),
+                // The volume object is gone: the id recorded at the attach still names the disk.
+                None => va
+                    .annotations()
+                    .get(attachments::HANDLE_ANNOTATION)
+                    .cloned(),
+            };
             if let Some(handle) = handle {
                 let request = ControllerUnpublishVolumeRequest {
                     volume_id: handle,
@@ -398,7 +432,7 @@ async fn reconcile_attachment<I: Infra>(
                     return Ok(Action::requeue(retry_after(&status)));
                 }
             }
-            // The volume is gone with its PersistentVolume, or detached: let the attachment go.
+            // Detached, or never attached (no id was recorded): let the attachment go.
             let rest: Vec<String> = va
                 .finalizers()
                 .iter()

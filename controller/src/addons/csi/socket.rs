@@ -43,6 +43,9 @@ const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
 const AUTHORITY: &[u8] = b"localhost";
+/// For an original authority shorter than `localhost`: the replacement is never longer than what
+/// it replaces, so the server's dynamic table never evicts an entry the client still refers to.
+const SHORT_AUTHORITY: &[u8] = b"l";
 
 /// A server-side connection whose requests' `:authority` reads `localhost`.
 pub struct LocalAuthority<S> {
@@ -163,12 +166,25 @@ pub fn rewrite_block(block: &[u8]) -> Option<Vec<u8>> {
             name_index == 1
         };
         let value_start = at;
-        let (_, after_value) = string(block, at)?;
+        let (value, after_value) = string(block, at)?;
         at = after_value;
         out.extend_from_slice(&block[start..value_start]);
-        if is_authority {
-            out.push(AUTHORITY.len() as u8);
-            out.extend_from_slice(AUTHORITY);
+        if is_authority && !value.is_empty() {
+            // The value's decoded length is at least its raw length, or, Huffman-coded (at most
+            // 30 bits a character), 8/30 of it.
+            let huffman = block[value_start] & 0x80 != 0;
+            let at_least = if huffman {
+                value.len() * 8 / 30
+            } else {
+                value.len()
+            };
+            let host = if at_least >= AUTHORITY.len() {
+                AUTHORITY
+            } else {
+                SHORT_AUTHORITY
+            };
+            out.push(host.len() as u8);
+            out.extend_from_slice(host);
             changed = true;
         } else {
             out.extend_from_slice(&block[value_start..at]);
@@ -298,6 +314,16 @@ mod tests {
     }
 
     #[test]
+    fn a_short_authority_is_never_made_longer() {
+        assert_eq!(rewrite_block(&block(b"a/b")).unwrap(), block(b"l"));
+        // Huffman-coded, 12 bytes: at least 3 characters, so not `localhost` (9).
+        let mut huffman = block(&[0xff; 12]);
+        let length_byte = huffman.len() - 12 - 18 - 1;
+        huffman[length_byte] |= 0x80;
+        assert_eq!(rewrite_block(&huffman).unwrap(), block(b"l"));
+    }
+
+    #[test]
     fn blocks_without_an_authority_literal_are_left_alone() {
         // A later request refers to the indexed `:authority` (dynamic table entry 62).
         assert_eq!(rewrite_block(&[0x83, 0x86, 0xbe]), None);
@@ -316,7 +342,8 @@ mod tests {
         );
         let mut named = vec![0x00, 10];
         named.extend_from_slice(b":authority");
-        named.extend_from_slice(&[3, b'a', b'/', b'b']);
+        named.push(11);
+        named.extend_from_slice(b"/run/a.sock");
         let mut want = vec![0x00, 10];
         want.extend_from_slice(b":authority");
         want.push(9);
