@@ -337,122 +337,141 @@ async fn reconcile_attachment<I: Infra>(
 ) -> Result<Action> {
     let _timer = d.metrics.reconcile_started("csi-attachment");
     let api = Api::<VolumeAttachment>::all(d.client.clone());
-    let name = va.name_any();
     match attachments::plan(&va) {
         AttachPlan::Ignore => Ok(Action::await_change()),
         AttachPlan::Refuse(why) => {
             set_error(&api, &va, "attachError", &why).await?;
             Ok(Action::await_change())
         }
-        AttachPlan::Attach { volume, node } => {
-            let pv = Api::<PersistentVolume>::all(d.client.clone())
-                .get_opt(&volume)
-                .await?;
-            let Some((handle, capability)) = pv.as_ref().and_then(publish_inputs) else {
-                let why = format!("PersistentVolume {volume} is not a volume of this driver");
-                set_error(&api, &va, "attachError", &why).await?;
-                return Ok(Action::requeue(FAILED_RETRY));
-            };
-            // The finalizer, and the volume id for the detach (the PersistentVolume may be gone
-            // by then), before anything is attached.
-            let holds = va.finalizers().contains(&attachments::finalizer());
-            let recorded = va.annotations().get(attachments::HANDLE_ANNOTATION) == Some(&handle);
-            if !holds || !recorded {
-                let mut finalizers = va.finalizers().to_vec();
-                if !holds {
-                    finalizers.push(attachments::finalizer());
-                }
-                let patch = json!({"metadata": {
-                    "finalizers": finalizers,
-                    "annotations": {attachments::HANDLE_ANNOTATION: handle},
-                    "resourceVersion": va.resource_version(),
-                }});
-                api.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-                    .await?;
-            }
-            let request = ControllerPublishVolumeRequest {
-                volume_id: handle,
-                node_id: node,
-                volume_capability: Some(capability),
-                readonly: false,
-                ..Default::default()
-            };
-            match d
-                .controller
-                .controller_publish_volume(Request::new(request))
-                .await
-            {
-                Ok(r) => {
-                    let metadata = r.into_inner().publish_context;
-                    set_status(
-                        &api,
-                        &name,
-                        json!({
-                            "attached": true,
-                            "attachmentMetadata": metadata,
-                            "attachError": null,
-                        }),
-                    )
-                    .await?;
-                    info!(tenant = %d.tenant, attachment = %name, %volume, "volume attached");
-                    Ok(Action::await_change())
-                }
-                Err(status) => {
-                    set_error(&api, &va, "attachError", status.message()).await?;
-                    Ok(Action::requeue(retry_after(&status)))
-                }
-            }
+        AttachPlan::Attach { volume, node } => attach(&d, &api, &va, volume, node).await,
+        AttachPlan::Detach { volume, node } => detach(&d, &api, &va, volume, node).await,
+    }
+}
+
+/// Attaches PersistentVolume `volume` to `node` for attachment `va` (ControllerPublish).
+async fn attach<I: Infra>(
+    d: &Driver<I>,
+    api: &Api<VolumeAttachment>,
+    va: &VolumeAttachment,
+    volume: String,
+    node: String,
+) -> Result<Action> {
+    let name = va.name_any();
+    let pv = Api::<PersistentVolume>::all(d.client.clone())
+        .get_opt(&volume)
+        .await?;
+    let Some((handle, capability)) = pv.as_ref().and_then(publish_inputs) else {
+        let why = format!("PersistentVolume {volume} is not a volume of this driver");
+        set_error(api, va, "attachError", &why).await?;
+        return Ok(Action::requeue(FAILED_RETRY));
+    };
+    // The finalizer, and the volume id for the detach (the PersistentVolume may be gone
+    // by then), before anything is attached.
+    let holds = va.finalizers().contains(&attachments::finalizer());
+    let recorded = va.annotations().get(attachments::HANDLE_ANNOTATION) == Some(&handle);
+    if !holds || !recorded {
+        let mut finalizers = va.finalizers().to_vec();
+        if !holds {
+            finalizers.push(attachments::finalizer());
         }
-        AttachPlan::Detach { volume, node } => {
-            let handle = match Api::<PersistentVolume>::all(d.client.clone())
-                .get_opt(&volume)
-                .await?
-                .as_ref()
-                .and_then(publish_inputs)
-            {
-                Some((handle, _)) => Some(handle),
-                // The volume object is gone: the id recorded at the attach still names the disk.
-                None => va
-                    .annotations()
-                    .get(attachments::HANDLE_ANNOTATION)
-                    .cloned(),
-            };
-            if let Some(handle) = handle {
-                let request = ControllerUnpublishVolumeRequest {
-                    volume_id: handle,
-                    node_id: node,
-                    ..Default::default()
-                };
-                if let Err(status) = d
-                    .controller
-                    .controller_unpublish_volume(Request::new(request))
-                    .await
-                {
-                    set_error(&api, &va, "detachError", status.message()).await?;
-                    return Ok(Action::requeue(retry_after(&status)));
-                }
-            }
-            // Detached, or never attached (no id was recorded): let the attachment go.
-            let rest: Vec<String> = va
-                .finalizers()
-                .iter()
-                .filter(|f| **f != attachments::finalizer())
-                .cloned()
-                .collect();
-            let patch =
-                json!({"metadata": {"finalizers": rest, "resourceVersion": va.resource_version()}});
-            match api
-                .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
-            info!(tenant = %d.tenant, attachment = %name, %volume, "volume detached");
+        let patch = json!({"metadata": {
+            "finalizers": finalizers,
+            "annotations": {attachments::HANDLE_ANNOTATION: handle},
+            "resourceVersion": va.resource_version(),
+        }});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+    }
+    let request = ControllerPublishVolumeRequest {
+        volume_id: handle,
+        node_id: node,
+        volume_capability: Some(capability),
+        readonly: false,
+        ..Default::default()
+    };
+    match d
+        .controller
+        .controller_publish_volume(Request::new(request))
+        .await
+    {
+        Ok(r) => {
+            let metadata = r.into_inner().publish_context;
+            set_status(
+                api,
+                &name,
+                json!({
+                    "attached": true,
+                    "attachmentMetadata": metadata,
+                    "attachError": null,
+                }),
+            )
+            .await?;
+            info!(tenant = %d.tenant, attachment = %name, %volume, "volume attached");
             Ok(Action::await_change())
         }
+        Err(status) => {
+            set_error(api, va, "attachError", status.message()).await?;
+            Ok(Action::requeue(retry_after(&status)))
+        }
     }
+}
+
+/// Detaches PersistentVolume `volume` from `node` for the deleted attachment `va`
+/// (ControllerUnpublish), then lets the attachment go.
+async fn detach<I: Infra>(
+    d: &Driver<I>,
+    api: &Api<VolumeAttachment>,
+    va: &VolumeAttachment,
+    volume: String,
+    node: String,
+) -> Result<Action> {
+    let name = va.name_any();
+    let handle = match Api::<PersistentVolume>::all(d.client.clone())
+        .get_opt(&volume)
+        .await?
+        .as_ref()
+        .and_then(publish_inputs)
+    {
+        Some((handle, _)) => Some(handle),
+        // The volume object is gone: the id recorded at the attach still names the disk.
+        None => va
+            .annotations()
+            .get(attachments::HANDLE_ANNOTATION)
+            .cloned(),
+    };
+    if let Some(handle) = handle {
+        let request = ControllerUnpublishVolumeRequest {
+            volume_id: handle,
+            node_id: node,
+            ..Default::default()
+        };
+        if let Err(status) = d
+            .controller
+            .controller_unpublish_volume(Request::new(request))
+            .await
+        {
+            set_error(api, va, "detachError", status.message()).await?;
+            return Ok(Action::requeue(retry_after(&status)));
+        }
+    }
+    // Detached, or never attached (no id was recorded): let the attachment go.
+    let rest: Vec<String> = va
+        .finalizers()
+        .iter()
+        .filter(|f| **f != attachments::finalizer())
+        .cloned()
+        .collect();
+    let patch = json!({"metadata": {"finalizers": rest, "resourceVersion": va.resource_version()}});
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    info!(tenant = %d.tenant, attachment = %name, %volume, "volume detached");
+    Ok(Action::await_change())
 }
 
 fn retry_attachment<I: Infra>(
