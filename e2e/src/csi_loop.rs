@@ -185,7 +185,7 @@ impl Infra for LoopInfra {
         Ok(Progress::Done)
     }
 
-    async fn expand(&self, id: &str, capacity: i64) -> Result<(), Status> {
+    async fn expand(&self, id: &str, capacity: i64) -> Result<Progress, Status> {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .open(self.file(id))
@@ -195,7 +195,7 @@ impl Infra for LoopInfra {
         if let Some(d) = self.lock().get_mut(id) {
             d.disk.capacity = capacity;
         }
-        Ok(())
+        Ok(Progress::Done)
     }
 }
 

@@ -2,8 +2,8 @@
 //! control plane: the ground's kube-apiserver, scheduler and kube-controller-manager, whose
 //! PersistentVolume and attach-detach controllers hand the driver its work exactly as a
 //! tenant's do. The pod runs on a kwok node (no kubelet mounts anything); the disks are loop
-//! devices ([`orrery_e2e::csi_loop`]). The live test proves the same with KubeVirt disks in a
-//! real tenant.
+//! devices ([`orrery_e2e::csi_loop`]). The claim is also grown, as the resizer does (offline:
+//! while no pod uses it). The live test proves the same with KubeVirt disks in a real tenant.
 
 use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
@@ -58,6 +58,7 @@ metadata: {{name: {class}}}
 provisioner: csi.orrery.dev
 reclaimPolicy: Delete
 volumeBindingMode: WaitForFirstConsumer
+allowVolumeExpansion: true
 "#
     ));
 
@@ -165,6 +166,40 @@ spec:
         "attached as a loop device"
     );
 
+    // Grown while its pod runs: the disk grows only detached, and the claim says it waits.
+    let grow = |size: &str| {
+        let out = ground.run(
+            "kubectl",
+            &[
+                "patch",
+                "pvc",
+                "data",
+                "-n",
+                ns,
+                "--type=merge",
+                "-p",
+                &format!(r#"{{"spec":{{"resources":{{"requests":{{"storage":"{size}"}}}}}}}}"#),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "growing the claim to {size}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    grow("96Mi");
+    eventually(
+        "the claim to say its disk grows once detached",
+        WAIT,
+        || async {
+            let c = claims.get("data").await.ok()?;
+            let said = condition_message(&c, "Resizing")?;
+            said.contains("grows while detached").then_some(())
+        },
+    )
+    .await?;
+    assert_eq!(disk_sizes(infra)?, [64 << 20], "not grown while attached");
+
     // The pod goes: the attachment goes, and the disk is detached.
     Api::<Pod>::namespaced(client.clone(), ns)
         .delete("writer", &DeleteParams::default().grace_period(0))
@@ -181,6 +216,33 @@ spec:
     .await?;
     assert!(infra.loop_devices().await?.is_empty(), "detached");
 
+    // Detached, the disk grows; the volume holds the new size, and the claim waits for the
+    // kubelet to grow the filesystem at the next mount.
+    eventually("the volume to grow", WAIT, || async {
+        let pv = pvs.get(&pv_name).await.ok()?;
+        let held = pv.spec?.capacity?.get("storage")?.0.clone();
+        (held == (96 << 20).to_string()).then_some(())
+    })
+    .await?;
+    let c = claims.get("data").await?;
+    let status = c.status.clone().unwrap_or_default();
+    assert_eq!(
+        status.allocated_resource_statuses.unwrap_or_default()["storage"],
+        "NodeResizePending"
+    );
+    assert!(condition_message(&c, "FileSystemResizePending").is_some());
+    assert_eq!(disk_sizes(infra)?, [96 << 20], "the disk grew");
+
+    // A size the driver refuses (over 1 TiB) is marked infeasible, and the disk stays.
+    grow("2Ti");
+    eventually("the claim to be refused its new size", WAIT, || async {
+        let c = claims.get("data").await.ok()?;
+        let statuses = c.status?.allocated_resource_statuses?;
+        (statuses.get("storage")? == "ControllerResizeInfeasible").then_some(())
+    })
+    .await?;
+    assert_eq!(disk_sizes(infra)?, [96 << 20], "the disk is as it was");
+
     // The claim goes: the volume is released, its disk deleted, then the volume object.
     claims.delete("data", &DeleteParams::default()).await?;
     eventually("the released volume to be deleted", WAIT, || async {
@@ -189,4 +251,20 @@ spec:
     .await?;
     assert!(infra.disk_files()?.is_empty(), "the disk is deleted");
     Ok(())
+}
+
+/// The message of the claim's condition `type_`, if it has it.
+fn condition_message(claim: &PersistentVolumeClaim, type_: &str) -> Option<String> {
+    let conditions = claim.status.as_ref()?.conditions.as_ref()?;
+    let c = conditions.iter().find(|c| c.type_ == type_)?;
+    Some(c.message.clone().unwrap_or_default())
+}
+
+/// The sizes of the disks' backing files.
+fn disk_sizes(infra: &LoopInfra) -> Result<Vec<u64>> {
+    infra
+        .disk_files()?
+        .iter()
+        .map(|f| Ok(std::fs::metadata(f)?.len()))
+        .collect()
 }

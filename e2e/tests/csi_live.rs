@@ -4,8 +4,9 @@
 //! needs it: Orrery makes its disk (a Block claim in the tenant's management namespace, here on
 //! a local volume over a loop device of the ground's node) and hot-plugs it into the worker VM;
 //! the node plugin finds it by serial, formats and mounts it. A pod writes a file; after it is
-//! gone (and the disk unplugged), a new pod reads the file back. Deleting the claim deletes the
-//! disk.
+//! gone (and the disk unplugged), the claim is grown and a new pod reads the file back (its
+//! kubelet finishing the resize). Deleting the claim deletes the disk; switching the add-on off
+//! removes the driver from the tenant.
 //!
 //! Needs the live tier with KubeVirt (`e2e/ground up --live`); fails, never skips, without it.
 
@@ -51,7 +52,9 @@ impl<'a> LocalDisks<'a> {
                 "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
                 "metadata": {"name": class},
                 "provisioner": "kubernetes.io/no-provisioner",
-                "volumeBindingMode": "Immediate", "reclaimPolicy": "Retain"
+                "volumeBindingMode": "Immediate", "reclaimPolicy": "Retain",
+                // A local volume cannot grow, but a claim grows within it (see the test).
+                "allowVolumeExpansion": true
             }),
         );
         for i in 0..count {
@@ -377,7 +380,53 @@ async fn a_claim_in_a_tenant_gets_a_hot_plugged_disk_that_keeps_its_data() {
             .is_some_and(|names| !names.contains(&handle))
     });
 
-    // A new pod reads the file back from the same volume, plugged in again.
+    // Grown while no pod uses it: the disk's management claim asks for more, the tenant's
+    // volume holds more, and the claim waits for a node to grow the filesystem. (The local
+    // volumes cannot grow, but each is larger than the claim, so the claim grows within it.)
+    let grow_start = Instant::now();
+    tenant.kubectl(&[
+        "patch",
+        "pvc",
+        "data",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"resources":{"requests":{"storage":"512Mi"}}}}"#,
+    ]);
+    let grown = (512u64 << 20).to_string();
+    wait_until("the volume grown", Duration::from_secs(120), &why, || {
+        tenant_field(
+            &tenant,
+            &["get", "pv", &pv, "-o", "jsonpath={.spec.capacity.storage}"],
+        )
+        .as_deref()
+            == Some(grown.as_str())
+            && tenant_field(
+                &tenant,
+                &[
+                    "get",
+                    "pvc",
+                    "data",
+                    "-o",
+                    "jsonpath={.status.allocatedResourceStatuses.storage}",
+                ],
+            )
+            .as_deref()
+                == Some("NodeResizePending")
+    });
+    assert_eq!(
+        field(
+            &ground,
+            &ns,
+            &format!("pvc/{disk}"),
+            "{.spec.resources.requests.storage}"
+        )
+        .as_deref(),
+        Some(grown.as_str()),
+        "the disk's management claim asks for the new size"
+    );
+
+    // A new pod reads the file back from the same volume, plugged in again; its kubelet has
+    // the node plugin grow the filesystem, and the claim holds the new size.
     let start = Instant::now();
     tenant.apply(&kubectl_pod(
         "reader",
@@ -406,6 +455,58 @@ async fn a_claim_in_a_tenant_gets_a_hot_plugged_disk_that_keeps_its_data() {
         proof,
         "the reader reads what the writer wrote"
     );
+    wait_until(
+        "the claim holding its new size",
+        Duration::from_secs(60),
+        &why,
+        || {
+            tenant_field(
+                &tenant,
+                &[
+                    "get",
+                    "pvc",
+                    "data",
+                    "-o",
+                    "jsonpath={.status.capacity.storage}",
+                ],
+            )
+            .as_deref()
+                == Some(grown.as_str())
+        },
+    );
+    println!(
+        "csi: claim grown → filesystem grown at the next mount: {:.1} s",
+        grow_start.elapsed().as_secs_f64()
+    );
+
+    // What the node plugin costs on its worker, after it staged, published and grew a volume
+    // (the kubelet's own figures).
+    let summary: serde_json::Value = serde_json::from_str(&tenant.kubectl(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/nodes/{worker}/proxy/stats/summary"),
+    ]))
+    .unwrap();
+    let plugin = summary["pods"]
+        .as_array()
+        .and_then(|pods| {
+            pods.iter().find(|p| {
+                p["podRef"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("orrery-csi-node-"))
+            })
+        })
+        .expect("the node plugin's pod in the kubelet's summary");
+    let mib = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0) / f64::from(1 << 20);
+    println!(
+        "csi: the node plugin on its worker: {:.1} MiB working set, {:.1} MiB RSS, {:.2} CPU-seconds in all",
+        mib(&plugin["memory"]["workingSetBytes"]),
+        mib(&plugin["memory"]["rssBytes"]),
+        plugin["cpu"]["usageCoreNanoSeconds"]
+            .as_f64()
+            .unwrap_or(0.0)
+            / 1e9
+    );
 
     // Deleting the claim deletes the volume and its disk.
     tenant.kubectl(&["delete", "pod", "reader", "--wait=true", "--timeout=120s"]);
@@ -421,6 +522,41 @@ async fn a_claim_in_a_tenant_gets_a_hot_plugged_disk_that_keeps_its_data() {
                 // KubeVirt's hot-plug pods go with the disk.
                 && field(&ground, &ns, "pods", "{.items[*].metadata.name}")
                     .is_some_and(|pods| !pods.contains("hp-volume-"))
+        },
+    );
+
+    // Switched off: the driver leaves the tenant (CSIDriver, StorageClass, node plugin).
+    ground.kubectl(&[
+        "patch",
+        "tcp",
+        "store",
+        "-n",
+        &ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"addons":{"csi":{"enabled":false}}}}"#,
+    ]);
+    wait_until(
+        "the driver removed from the tenant",
+        Duration::from_secs(120),
+        &why,
+        || {
+            tenant_field(&tenant, &["get", "csidriver,storageclass", "-o", "name"]).as_deref()
+                == Some("")
+                && tenant_field(
+                    &tenant,
+                    &[
+                        "get",
+                        "daemonset",
+                        "orrery-csi-node",
+                        "-n",
+                        "kube-system",
+                        "-o",
+                        "name",
+                    ],
+                )
+                .as_deref()
+                    == Some("")
         },
     );
 

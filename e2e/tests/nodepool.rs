@@ -602,24 +602,35 @@ async fn a_pool_joins_runs_pods_scales_rolls_heals_and_goes_with_its_tenant() {
         || ready_nodes_of(&tenant, "spare").len() == 1,
     );
     let spare = vms_of(&ground, &ns, "spare");
-    let instances = autoscaler
-        .node_group_nodes(NodeGroupNodesRequest {
-            id: spare_group.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .instances;
+    // The instance's state comes from the machines of the pool's status, which the pool's next
+    // reconcile (at most 10 s while it is busy) brings up to date after the Node turned Ready.
+    let started = Instant::now();
+    let instances = eventually("the new instance Running", Duration::from_secs(60), || {
+        let mut autoscaler = autoscaler.clone();
+        let id = spare_group.clone();
+        async move {
+            let instances = autoscaler
+                .node_group_nodes(NodeGroupNodesRequest { id })
+                .await
+                .ok()?
+                .into_inner()
+                .instances;
+            let running = !instances.is_empty()
+                && instances.iter().all(|i| {
+                    i.status.clone().unwrap_or_default().instance_state()
+                        == InstanceState::InstanceRunning
+                });
+            running.then_some(instances)
+        }
+    })
+    .await
+    .unwrap();
+    println!(
+        "nodepool: the new instance Running for the autoscaler {:.0} s after its Node was Ready",
+        started.elapsed().as_secs_f64()
+    );
     assert_eq!(instances.len(), 1, "{instances:?}");
     assert_eq!(instances[0].id, format!("kubevirt://{}", spare[0]));
-    assert_eq!(
-        instances[0]
-            .status
-            .clone()
-            .unwrap_or_default()
-            .instance_state(),
-        InstanceState::InstanceRunning
-    );
 
     // Deleting one pool removes its VMs, Secrets, Nodes and tokens, and leaves the tenant's
     // other pool alone.

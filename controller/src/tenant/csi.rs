@@ -44,8 +44,9 @@ pub(super) fn objects(o: &mut TenantObjects, image: &str) {
         reclaim_policy: Some("Delete".into()),
         // The disk is made once the pod's node is known, like a cloud's zonal disks.
         volume_binding_mode: Some("WaitForFirstConsumer".into()),
-        // Growing a claim needs a resizer, which the driver's controller side does not run yet.
-        allow_volume_expansion: Some(false),
+        // The driver's controller side grows a claim's disk while no pod uses it; the node
+        // grows the filesystem at the next mount.
+        allow_volume_expansion: Some(true),
         parameters: Some(BTreeMap::from([(
             FSTYPE_PARAMETER.to_string(),
             "ext4".to_string(),

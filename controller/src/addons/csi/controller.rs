@@ -211,7 +211,9 @@ impl<I: Infra> ControllerService<I> {
                 ..
             })
         );
-        if capacity <= disk.capacity {
+        // Asked for no more than it was given: done, attached or not. Asking again for the
+        // same size of a detached disk asks the infrastructure whether it is done growing.
+        if capacity < disk.capacity || (capacity == disk.capacity && !disk.nodes.is_empty()) {
             return Ok((disk.capacity, on_node));
         }
         if let Some(node) = disk.nodes.first() {
@@ -219,8 +221,12 @@ impl<I: Infra> ControllerService<I> {
                 "volume {id} is attached to node {node}: it grows while detached"
             )));
         }
-        self.infra.expand(id, capacity).await?;
-        Ok((capacity, on_node))
+        match self.infra.expand(id, capacity).await? {
+            Progress::Done => Ok((capacity, on_node)),
+            Progress::Pending(why) => Err(Status::unavailable(format!(
+                "volume {id} is growing: {why}"
+            ))),
+        }
     }
 
     /// The disk `id`, or NOT_FOUND.

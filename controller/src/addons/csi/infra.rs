@@ -43,6 +43,6 @@ pub trait Infra: Send + Sync + 'static {
     async fn attach(&self, id: &str, node: &str) -> Result<Progress, Status>;
     /// Detaches the disk from `node` (idempotent; done when it was not attached).
     async fn detach(&self, id: &str, node: &str) -> Result<Progress, Status>;
-    /// Grows a detached disk to `capacity` bytes.
-    async fn expand(&self, id: &str, capacity: i64) -> Result<(), Status>;
+    /// Grows a detached disk to `capacity` bytes (idempotent: done once it holds them).
+    async fn expand(&self, id: &str, capacity: i64) -> Result<Progress, Status>;
 }

@@ -8,6 +8,7 @@
 //! tenant's are nodes: a tenant naming another tenant's disk or VM, or any other claim, finds
 //! nothing.
 
+use super::claims::quantity_bytes;
 use super::infra::{Disk, Infra, Progress};
 use crate::apply::{MANAGED_BY, TENANT_LABEL};
 use crate::nodepool::kubevirt::{VirtualMachine, VirtualMachineInstance};
@@ -335,20 +336,62 @@ impl Infra for KubeVirtInfra {
         }
     }
 
-    async fn expand(&self, id: &str, capacity: i64) -> Result<(), Status> {
-        let patch = json!({
-            "metadata": {"annotations": {CAPACITY_ANNOTATION: capacity.to_string()}},
-            "spec": {"resources": {"requests": {"storage": capacity.to_string()}}},
-        });
-        self.claims()
-            .patch(
-                &self.claim_name(id),
-                &PatchParams::default(),
-                &Patch::Merge(patch),
-            )
+    async fn expand(&self, id: &str, capacity: i64) -> Result<Progress, Status> {
+        let name = self.claim_name(id);
+        let claim = self
+            .claims()
+            .get_opt(&name)
             .await
-            .map_err(|e| unavailable("growing the disk's claim", e))?;
-        Ok(())
+            .map_err(|e| unavailable("reading the disk's claim", e))?
+            .ok_or_else(|| Status::not_found(format!("the disk's claim {name} is gone")))?;
+        let storage = |r: Option<&BTreeMap<String, Quantity>>| {
+            r.and_then(|r| r.get("storage"))
+                .and_then(|q| quantity_bytes(q).ok())
+        };
+        // Only a bound claim grows; it binds at the disk's first attach.
+        let Some(held) = storage(claim.status.as_ref().and_then(|s| s.capacity.as_ref())) else {
+            return Err(Status::failed_precondition(format!(
+                "the disk's claim {name} is not bound yet (it binds when the disk is first \
+                 attached): it grows after that"
+            )));
+        };
+        let requested = storage(
+            claim
+                .spec
+                .as_ref()
+                .and_then(|s| s.resources.as_ref())
+                .and_then(|r| r.requests.as_ref()),
+        )
+        .unwrap_or(0);
+        let mut patch = json!({
+            "metadata": {"annotations": {CAPACITY_ANNOTATION: capacity.to_string()}},
+        });
+        if requested < capacity {
+            patch["spec"] = json!({"resources": {"requests": {"storage": capacity.to_string()}}});
+        }
+        match self
+            .claims()
+            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => {}
+            // The management cluster's admission refuses: its StorageClass does not allow
+            // expansion, or a quota bounds the namespace. Asking again will not help.
+            Err(kube::Error::Api(e)) if e.code == 403 || e.code == 422 => {
+                return Err(Status::invalid_argument(format!(
+                    "the management cluster refuses to grow the disk's claim {name}: {}",
+                    e.message
+                )));
+            }
+            Err(e) => return Err(unavailable("growing the disk's claim", e)),
+        }
+        Ok(if held >= capacity {
+            Progress::Done
+        } else {
+            Progress::Pending(format!(
+                "the management storage grows its claim {name} ({held} of {capacity} bytes)"
+            ))
+        })
     }
 }
 

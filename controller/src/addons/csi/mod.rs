@@ -20,6 +20,7 @@ pub mod infra;
 pub mod kubevirt;
 pub mod node;
 pub mod proto;
+pub mod resize;
 pub mod runner;
 pub mod socket;
 

@@ -1,8 +1,8 @@
-//! The controller side of the driver for one tenant: the work of the external provisioner and
-//! the external attacher, done against the tenant's API from outside the tenant, calling the
+//! The controller side of the driver for one tenant: the work of the external provisioner,
+//! attacher and resizer, done against the tenant's API from outside the tenant, calling the
 //! [`ControllerService`] in process. Three controllers, each over what it reads: claims
-//! (PersistentVolumeClaims, [`claims`]), volumes (released PersistentVolumes) and attachments
-//! (VolumeAttachments, [`attachments`]).
+//! (PersistentVolumeClaims: provisioned, [`claims`], or grown once bound, [`resize`]), volumes
+//! (released PersistentVolumes) and attachments (VolumeAttachments, [`attachments`]).
 
 use super::attachments::{self, AttachPlan};
 use super::claims::{self, ClaimPlan, VolumePlan};
@@ -12,9 +12,10 @@ use super::proto::csi::controller_server::Controller as _;
 use super::proto::csi::volume_capability::access_mode::Mode;
 use super::proto::csi::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
 use super::proto::csi::{
-    ControllerPublishVolumeRequest, ControllerUnpublishVolumeRequest, DeleteVolumeRequest,
-    VolumeCapability,
+    CapacityRange, ControllerExpandVolumeRequest, ControllerPublishVolumeRequest,
+    ControllerUnpublishVolumeRequest, DeleteVolumeRequest, VolumeCapability,
 };
+use super::resize::{self, ResizePlan};
 use crate::apply::apply;
 use crate::metrics::Metrics;
 use crate::{Error, Result};
@@ -144,6 +145,14 @@ async fn reconcile_claim<I: Infra>(
     if !claims::is_ours(&claim) {
         return Ok(Action::await_change());
     }
+    if let Some(pv) = claim
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.as_deref())
+        .filter(|v| !v.is_empty())
+    {
+        return resize_claim(&claim, pv, d).await;
+    }
     let class_name = claim
         .spec
         .as_ref()
@@ -212,6 +221,147 @@ async fn reconcile_claim<I: Infra>(
     )
     .await;
     Ok(Action::await_change())
+}
+
+/// The resizer's work for `claim`, bound to volume `pv_name`.
+async fn resize_claim<I: Infra>(
+    claim: &PersistentVolumeClaim,
+    pv_name: &str,
+    d: &Driver<I>,
+) -> Result<Action> {
+    let pvs = Api::<PersistentVolume>::all(d.client.clone());
+    let Some(pv) = pvs.get_opt(pv_name).await? else {
+        return Ok(Action::await_change());
+    };
+    let expand = match resize::plan(claim, &pv) {
+        ResizePlan::Settled | ResizePlan::Infeasible => return Ok(Action::await_change()),
+        ResizePlan::Refuse(why) => {
+            d.event(claim, EventType::Warning, "VolumeResizeFailed", why)
+                .await;
+            return Ok(Action::await_change());
+        }
+        ResizePlan::Expand(e) => e,
+    };
+    let claims = Api::<PersistentVolumeClaim>::namespaced(
+        d.client.clone(),
+        &claim.namespace().unwrap_or_default(),
+    );
+    let name = claim.name_any();
+    let status = claim.status.clone().unwrap_or_default();
+    let started = status
+        .allocated_resource_statuses
+        .as_ref()
+        .and_then(|s| s.get("storage"))
+        .is_some_and(|s| s == resize::CONTROLLER_IN_PROGRESS)
+        && status
+            .allocated_resources
+            .as_ref()
+            .and_then(|r| r.get("storage"))
+            .is_some_and(|q| q.0 == expand.request);
+    let patch_status = |status: serde_json::Value| {
+        let claims = claims.clone();
+        let name = name.clone();
+        async move {
+            claims
+                .patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "status": status })),
+                )
+                .await
+        }
+    };
+    if !started {
+        patch_status(resize::in_progress(&expand.request)).await?;
+        d.event(
+            claim,
+            EventType::Normal,
+            "Resizing",
+            format!("growing volume {pv_name} to {}", expand.request),
+        )
+        .await;
+    }
+    let request = ControllerExpandVolumeRequest {
+        volume_id: expand.volume_id.clone(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: expand.bytes,
+            limit_bytes: 0,
+        }),
+        volume_capability: Some(expand.capability.clone()),
+        ..Default::default()
+    };
+    match d
+        .controller
+        .controller_expand_volume(Request::new(request))
+        .await
+    {
+        Ok(r) => {
+            let r = r.into_inner();
+            let capacity = json!({"spec": {"capacity": {"storage": r.capacity_bytes.to_string()}}});
+            pvs.patch(pv_name, &PatchParams::default(), &Patch::Merge(capacity))
+                .await?;
+            patch_status(resize::expanded(
+                r.capacity_bytes,
+                r.node_expansion_required,
+            ))
+            .await?;
+            info!(tenant = %d.tenant, volume = %pv_name, bytes = r.capacity_bytes, "volume grown");
+            d.event(
+                claim,
+                EventType::Normal,
+                "VolumeResizeSuccessful",
+                format!("volume {pv_name} grown to {}", expand.request),
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+        Err(status) if matches!(status.code(), Code::InvalidArgument | Code::OutOfRange) => {
+            patch_status(resize::infeasible(status.message())).await?;
+            d.event(
+                claim,
+                EventType::Warning,
+                "VolumeResizeFailed",
+                format!(
+                    "volume {pv_name} cannot grow to {}: {} (ask for another size)",
+                    expand.request,
+                    status.message()
+                ),
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+        Err(status) => {
+            debug!(tenant = %d.tenant, volume = %pv_name, why = status.message(), "resize waits");
+            // Said once per reason: a disk still attached waits for its pod to go.
+            if status.code() == Code::FailedPrecondition {
+                let said = status.message().to_owned();
+                if claim_condition_message(claim) != Some(said.as_str()) {
+                    patch_status(json!({"conditions": [{
+                        "type": "Resizing", "status": "True",
+                        "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().to_string(),
+                        "message": said,
+                    }]}))
+                    .await?;
+                    d.event(claim, EventType::Warning, "VolumeResizeFailed", said)
+                        .await;
+                }
+            }
+            Ok(Action::requeue(retry_after(&status)))
+        }
+    }
+}
+
+/// The message of the claim's Resizing condition, if it has one.
+fn claim_condition_message(claim: &PersistentVolumeClaim) -> Option<&str> {
+    claim
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Resizing")?
+        .message
+        .as_deref()
 }
 
 fn retry_claim<I: Infra>(
