@@ -63,15 +63,25 @@ impl Drop for Cleanup {
 }
 
 /// A TenantControlPlane standing for a running tenant: its status (written here, no tenant
-/// controller runs) names an admin kubeconfig Secret, which is all the add-on needs.
+/// controller runs) names an admin kubeconfig Secret, and its add-on kubeconfigs Secret holds
+/// the autoscaler's, which is all the add-on needs.
 async fn stand_in_tenant(client: &Client, ns: &str, name: &str) -> Result<()> {
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": format!("{name}-admin-kubeconfig"), "namespace": ns},
-        "stringData": {"kubeconfig": format!("apiVersion: v1\nkind: Config\n# {name}\n")}
-    }))?;
-    Api::<Secret>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &secret)
-        .await?;
+    let kubeconfig = format!("apiVersion: v1\nkind: Config\n# {name}\n");
+    for (secret, key) in [
+        (format!("{name}-admin-kubeconfig"), "kubeconfig"),
+        (
+            format!("{name}-addon-kubeconfigs"),
+            "cluster-autoscaler.conf",
+        ),
+    ] {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": secret, "namespace": ns},
+            "stringData": {key: kubeconfig}
+        }))?;
+        Api::<Secret>::namespaced(client.clone(), ns)
+            .create(&PostParams::default(), &secret)
+            .await?;
+    }
     let tcp: TenantControlPlane = serde_json::from_value(json!({
         "apiVersion": "orrery.dev/v1alpha1", "kind": "TenantControlPlane",
         "metadata": {"name": name, "namespace": ns},

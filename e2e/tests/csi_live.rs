@@ -197,6 +197,21 @@ fn wait_until(
     took
 }
 
+/// Whether the tenant lets the cloud controller's user (which the CSI driver's controllers use)
+/// `verb` `resource`: "yes" or "no".
+fn can(tenant: &Tenant, verb: &str, resource: &str) -> String {
+    let out = tenant.run(&[
+        "auth",
+        "can-i",
+        verb,
+        resource,
+        "--as=orrery:cloud-controller",
+        "-n",
+        "default",
+    ]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// A pod on the worker running kubectl (the worker has the kube-proxy image, whose kube binary
 /// is also kubectl) with the claim `data` at /data; `kubectl config` writes and reads a file.
 fn kubectl_pod(name: &str, args: &[&str]) -> serde_json::Value {
@@ -312,6 +327,12 @@ async fn a_claim_in_a_tenant_gets_a_hot_plugged_disk_that_keeps_its_data() {
         Some("true"),
         "orrery is the tenant's default StorageClass"
     );
+
+    // The driver's controllers work on the tenant as the cloud controller's user, which may do
+    // their work and no more.
+    assert_eq!(can(&tenant, "create", "persistentvolumes"), "yes");
+    assert_eq!(can(&tenant, "patch", "volumeattachments/status"), "yes");
+    assert_eq!(can(&tenant, "get", "secrets"), "no");
 
     // A claim of the default class, and a pod that writes a file on it.
     tenant.apply(&json!({
@@ -558,6 +579,11 @@ async fn a_claim_in_a_tenant_gets_a_hot_plugged_disk_that_keeps_its_data() {
                 .as_deref()
                     == Some("")
         },
+    );
+    assert_eq!(
+        can(&tenant, "create", "persistentvolumes"),
+        "no",
+        "the driver's access goes with it"
     );
 
     ground.kubectl(&[

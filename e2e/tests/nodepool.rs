@@ -568,6 +568,53 @@ async fn a_pool_joins_runs_pods_scales_rolls_heals_and_goes_with_its_tenant() {
                 == "ClusterAutoscalerUnavailable"
         },
     );
+    // The autoscaler works on the tenant as its own user, and so do the cloud controller and
+    // the CSI driver: each can do what it does and no more (never cluster-admin).
+    assert_eq!(
+        ground.kubectl(&[
+            "get",
+            "deployment",
+            "live-cluster-autoscaler",
+            "-n",
+            &ns,
+            "-o",
+            r#"jsonpath={.spec.template.spec.volumes[?(@.name=="kubeconfig")].secret.secretName}"#,
+        ]),
+        "live-addon-kubeconfigs"
+    );
+    let can = |verb: &str, resource: &str, user: &str| {
+        let out = tenant.run(&[
+            "auth",
+            "can-i",
+            verb,
+            resource,
+            &format!("--as={user}"),
+            "-n",
+            "default",
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    for (verb, resource, user, allowed) in [
+        (
+            "create",
+            "pods/eviction",
+            "orrery:cluster-autoscaler",
+            "yes",
+        ),
+        ("update", "nodes", "orrery:cluster-autoscaler", "yes"),
+        ("get", "secrets", "orrery:cluster-autoscaler", "no"),
+        ("delete", "pods", "orrery:cluster-autoscaler", "no"),
+        ("patch", "services/status", "orrery:cloud-controller", "yes"),
+        ("delete", "nodes", "orrery:cloud-controller", "yes"),
+        ("get", "secrets", "orrery:cloud-controller", "no"),
+        ("create", "pods", "orrery:cloud-controller", "no"),
+    ] {
+        assert_eq!(
+            can(verb, resource, user),
+            allowed,
+            "{user} {verb} {resource}"
+        );
+    }
     let spare_group = format!("{ns}/spare");
     // The API serves from its watch of the pools, which sees the new one in a moment.
     let template = eventually(

@@ -364,6 +364,7 @@ async fn tenant_becomes_ready_with_every_child_and_status() {
         "t1-certs",
         "t1-admin-kubeconfig",
         "t1-kubeconfigs",
+        "t1-addon-kubeconfigs",
     ] {
         let secret = secrets.get(s).await.unwrap_or_else(|e| panic!("{s}: {e}"));
         assert_eq!(secret.owner_references()[0].uid, tcp.uid().unwrap(), "{s}");

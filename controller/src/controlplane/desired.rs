@@ -117,6 +117,7 @@ fn secrets(tcp: &TenantControlPlane, pki: &DesiredPki, user_ca: bool) -> Vec<Sec
         (names.certs(), &pki.certs, "Opaque"),
         (names.admin_kubeconfig(), &pki.admin_kubeconfig, "Opaque"),
         (names.kubeconfigs(), &pki.component_kubeconfigs, "Opaque"),
+        (names.addon_kubeconfigs(), &pki.addon_kubeconfigs, "Opaque"),
     ];
     if !user_ca {
         wanted.insert(0, (names.ca(), &pki.ca, tls));

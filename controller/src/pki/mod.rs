@@ -53,6 +53,13 @@ pub const ADMIN_KUBECONFIG: &str = "kubeconfig";
 pub const CONTROLLER_MANAGER_CONF: &str = "controller-manager.conf";
 pub const SCHEDULER_CONF: &str = "scheduler.conf";
 pub const KONNECTIVITY_SERVER_CONF: &str = "konnectivity-server.conf";
+/// Keys of the add-on kubeconfigs Secret.
+pub const CLOUD_CONTROLLER_CONF: &str = "cloud-controller.conf";
+pub const CLUSTER_AUTOSCALER_CONF: &str = "cluster-autoscaler.conf";
+/// The tenant users of the add-ons that work on the tenant from outside it: each is bound to a
+/// ClusterRole of its own in the tenant, never to cluster-admin.
+pub const CLOUD_CONTROLLER_USER: &str = "orrery:cloud-controller";
+pub const CLUSTER_AUTOSCALER_USER: &str = "orrery:cluster-autoscaler";
 
 /// Leaf certificate names: `<name>.crt` / `<name>.key` in the certificates Secret.
 pub const APISERVER: &str = "apiserver";
@@ -63,9 +70,11 @@ pub const ADMIN: &str = "admin";
 pub const CONTROLLER_MANAGER: &str = "controller-manager";
 pub const SCHEDULER: &str = "scheduler";
 pub const KONNECTIVITY_SERVER: &str = "konnectivity-server";
+pub const CLOUD_CONTROLLER: &str = "cloud-controller";
+pub const CLUSTER_AUTOSCALER: &str = "cluster-autoscaler";
 
 /// Every leaf, in the order they are checked and issued.
-pub const LEAVES: [&str; 8] = [
+pub const LEAVES: [&str; 10] = [
     APISERVER,
     APISERVER_KUBELET_CLIENT,
     FRONT_PROXY_CLIENT,
@@ -74,6 +83,8 @@ pub const LEAVES: [&str; 8] = [
     CONTROLLER_MANAGER,
     SCHEDULER,
     KONNECTIVITY_SERVER,
+    CLOUD_CONTROLLER,
+    CLUSTER_AUTOSCALER,
 ];
 
 /// Items of [`DesiredPki::renewed`] that are not leaves.
@@ -219,6 +230,11 @@ pub struct DesiredPki {
     /// `<tcp>-kubeconfigs`: controller-manager.conf, scheduler.conf, konnectivity-server.conf,
     /// pointing at the apiserver inside the pod.
     pub component_kubeconfigs: BTreeMap<String, String>,
+    /// `<tcp>-addon-kubeconfigs`: cloud-controller.conf (the cloud controller and the CSI
+    /// driver's controllers, run by the operator) and cluster-autoscaler.conf, pointing at the
+    /// external endpoint. Apart from the components', so that the control plane never mounts
+    /// them.
+    pub addon_kubeconfigs: BTreeMap<String, String>,
     /// (item, reason) for everything created or renewed by this call.
     pub renewed: Vec<(String, String)>,
     /// Earliest time a leaf enters its renewal window: reconcile again then.
@@ -355,6 +371,16 @@ pub fn reconcile_pki(
             kubeconfig(KONNECTIVITY_SERVER, "system:konnectivity-server", &local)?,
         ),
     ]);
+    let addon_kubeconfigs = BTreeMap::from([
+        (
+            CLOUD_CONTROLLER_CONF.to_string(),
+            kubeconfig(CLOUD_CONTROLLER, CLOUD_CONTROLLER_USER, &external)?,
+        ),
+        (
+            CLUSTER_AUTOSCALER_CONF.to_string(),
+            kubeconfig(CLUSTER_AUTOSCALER, CLUSTER_AUTOSCALER_USER, &external)?,
+        ),
+    ]);
 
     Ok(DesiredPki {
         ca: ca_data,
@@ -363,6 +389,7 @@ pub fn reconcile_pki(
         certs,
         admin_kubeconfig,
         component_kubeconfigs,
+        addon_kubeconfigs,
         renewed,
         next_renewal,
     })
@@ -852,6 +879,8 @@ fn leaf_profiles(
             KONNECTIVITY_SERVER,
             client("system:konnectivity-server", &[]),
         ),
+        (CLOUD_CONTROLLER, client(CLOUD_CONTROLLER_USER, &[])),
+        (CLUSTER_AUTOSCALER, client(CLUSTER_AUTOSCALER_USER, &[])),
     ])
 }
 

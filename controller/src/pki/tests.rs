@@ -973,8 +973,21 @@ fn kubeconfigs_parse_point_at_the_right_server_and_verify() {
             "system:konnectivity-server",
             "https://127.0.0.1:6443",
         ),
+        (
+            &d.addon_kubeconfigs[CLOUD_CONTROLLER_CONF],
+            CLOUD_CONTROLLER,
+            CLOUD_CONTROLLER_USER,
+            "https://203.0.113.5:6443",
+        ),
+        (
+            &d.addon_kubeconfigs[CLUSTER_AUTOSCALER_CONF],
+            CLUSTER_AUTOSCALER,
+            CLUSTER_AUTOSCALER_USER,
+            "https://203.0.113.5:6443",
+        ),
     ];
     assert_eq!(d.component_kubeconfigs.len(), 3);
+    assert_eq!(d.addon_kubeconfigs.len(), 2);
     for (text, leaf, user, server) in cases {
         let k = yaml(text);
         assert_eq!(k["apiVersion"].as_str(), Some("v1"));

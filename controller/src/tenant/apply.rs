@@ -41,9 +41,9 @@ async fn config(kubeconfig: &str) -> Result<kube::Config> {
     Ok(config)
 }
 
-/// The admin kubeconfig of a tenant from the Secret its status names (`None`: the Secret or the
-/// key is missing).
-pub async fn admin_kubeconfig(
+/// A tenant kubeconfig from a Secret of the management cluster (`None`: the Secret or the key
+/// is missing).
+pub async fn kubeconfig_in(
     management: &kube::Client,
     namespace: &str,
     secret: &SecretRef,

@@ -30,7 +30,12 @@ pub const KUBE_PROXY: &str = "kube-proxy";
 pub const KONNECTIVITY_AGENT: &str = "konnectivity-agent";
 /// The CSI driver's part: its CSIDriver, default StorageClass and node plugin.
 pub const CSI: &str = "csi";
+/// What the cloud controller and the CSI driver's controllers may do in the tenant.
+pub const CLOUD_CONTROLLER_ACCESS: &str = "cloud-controller-access";
+/// What the cluster-autoscaler may do in the tenant.
+pub const CLUSTER_AUTOSCALER_ACCESS: &str = "cluster-autoscaler-access";
 
+mod addon_access;
 pub mod apply;
 mod bootstrap;
 mod coredns;
@@ -204,6 +209,17 @@ pub fn build(tcp: &TenantControlPlane, inputs: &BootstrapInputs) -> Result<Tenan
         let mut part = TenantObjects::default();
         csi::objects(&mut part, image);
         o.extend(part.labelled(CSI));
+    }
+    let (cloud, csi) = (addons.cloud_controller.enabled, addons.csi.enabled);
+    if cloud || csi {
+        let mut part = TenantObjects::default();
+        addon_access::cloud(&mut part, cloud, csi);
+        o.extend(part.labelled(CLOUD_CONTROLLER_ACCESS));
+    }
+    if addons.cluster_autoscaler.enabled {
+        let mut part = TenantObjects::default();
+        addon_access::autoscaler(&mut part);
+        o.extend(part.labelled(CLUSTER_AUTOSCALER_ACCESS));
     }
     Ok(o)
 }

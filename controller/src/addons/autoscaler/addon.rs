@@ -6,9 +6,10 @@
 use super::deploy::{self, COMPONENT};
 use super::identity::Tenant;
 use super::{ApiEndpoint, authority};
-use crate::api::TenantControlPlane;
+use crate::api::{SecretRef, TenantControlPlane};
 use crate::apply::{MANAGED_BY, TENANT_LABEL, apply};
 use crate::context::{Context, Settings};
+use crate::controlplane::build::Names;
 use crate::pki;
 use crate::{Error, Result};
 use futures::future::BoxFuture;
@@ -140,14 +141,18 @@ async fn deploy(tcp: &TenantControlPlane, ctx: &Context, api: &ApiEndpoint) -> R
     let profile = authority::client_profile(&Tenant::new(&ns, &tcp.name_any()));
     let client = pki::keep_or_issue(current, &ca, &profile, SystemTime::now())?;
     let status = tcp.status.clone().unwrap_or_default();
-    let kubeconfig_ref = status
-        .kubeconfig_secret_ref
-        .clone()
-        .ok_or_else(|| Error::Pending("the tenant's admin kubeconfig".into()))?;
-    let kubeconfig = crate::tenant::apply::admin_kubeconfig(&ctx.client, &ns, &kubeconfig_ref)
+    // Its own tenant user, with only what an autoscaler does (see the tenant's add-on access).
+    let kubeconfig_ref = SecretRef {
+        name: Names::new(tcp).addon_kubeconfigs(),
+        key: pki::CLUSTER_AUTOSCALER_CONF.into(),
+    };
+    let kubeconfig = crate::tenant::apply::kubeconfig_in(&ctx.client, &ns, &kubeconfig_ref)
         .await?
         .ok_or_else(|| {
-            Error::Pending(format!("Secret {} (admin kubeconfig)", kubeconfig_ref.name))
+            Error::Pending(format!(
+                "Secret {} (the autoscaler's kubeconfig)",
+                kubeconfig_ref.name
+            ))
         })?;
     let version = status.version.unwrap_or_else(|| tcp.spec.version.clone());
     let image = match &tcp.spec.addons.cluster_autoscaler.image {

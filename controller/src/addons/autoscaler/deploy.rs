@@ -1,7 +1,8 @@
 //! A tenant's cluster-autoscaler (pure): the Secret with its cloud-config and client key pair,
 //! and the Deployment of the upstream image, in the tenant's namespace of the management
-//! cluster. The autoscaler works on the tenant's Nodes through the tenant's admin kubeconfig and
-//! on its node groups through Orrery's API; it holds no management credentials.
+//! cluster. The autoscaler works on the tenant's Nodes as its own tenant user (the add-on
+//! kubeconfig `cluster-autoscaler.conf`, never the admin's) and on its node groups through
+//! Orrery's API; it holds no management credentials.
 
 use super::authority::CA_CRT;
 use crate::api::{SecretRef, TenantControlPlane};
@@ -22,7 +23,7 @@ pub const COMPONENT: &str = "cluster-autoscaler";
 pub const CLOUD_CONFIG: &str = "cloud-config";
 /// Where the Secret is mounted in the pod.
 pub const CONFIG_DIR: &str = "/etc/orrery/cluster-autoscaler";
-/// Where the tenant's admin kubeconfig is mounted.
+/// Where its tenant kubeconfig is mounted.
 pub const KUBECONFIG_DIR: &str = "/etc/orrery/tenant";
 /// The port of the autoscaler's metrics and health check.
 const HEALTH_PORT: i32 = 8085;
@@ -63,7 +64,7 @@ pub struct Inputs<'a> {
     /// The API's CA certificate.
     pub ca_cert: &'a str,
     pub image: &'a str,
-    /// The tenant's admin kubeconfig Secret.
+    /// Its tenant kubeconfig: Secret and key.
     pub kubeconfig: &'a SecretRef,
     /// Hash of the kubeconfig's content: a renewed one restarts the autoscaler.
     pub kubeconfig_hash: &'a str,

@@ -26,9 +26,11 @@ pub mod runners;
 mod services;
 
 use crate::addons::health::{CloudReport, Health};
-use crate::api::TenantControlPlane;
+use crate::api::{SecretRef, TenantControlPlane};
 use crate::conditions::{self, TENANT_BOOTSTRAPPED};
 use crate::context::{Context, Settings};
+use crate::controlplane::build::Names;
+use crate::pki::CLOUD_CONTROLLER_CONF;
 use crate::{Error, Result};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
@@ -122,7 +124,7 @@ async fn reconcile(tcp: Arc<TenantControlPlane>, state: Arc<State>) -> Result<Ac
             if !tcp.spec.addons.cloud_controller.enabled {
                 switch_off(&tcp, ctx).await?;
             }
-            let kubeconfig = kubeconfig(&tcp, ctx).await?;
+            let kubeconfig = own_kubeconfig(&tcp, ctx).await?;
             let addons = &tcp.spec.addons;
             let hash = crate::hash::of_strings(&[
                 kubeconfig.as_str(),
@@ -144,8 +146,22 @@ async fn reconcile(tcp: Arc<TenantControlPlane>, state: Arc<State>) -> Result<Ac
     }
 }
 
-/// The tenant's admin kubeconfig, which its status names.
-async fn kubeconfig(tcp: &TenantControlPlane, ctx: &Context) -> Result<String> {
+/// The kubeconfig of the cloud controller's own tenant user (see [`crate::tenant`]'s add-on
+/// access): it can do in the tenant what the cloud controller and the CSI driver do, no more.
+async fn own_kubeconfig(tcp: &TenantControlPlane, ctx: &Context) -> Result<String> {
+    let ns = tcp.namespace().unwrap_or_default();
+    let secret = SecretRef {
+        name: Names::new(tcp).addon_kubeconfigs(),
+        key: CLOUD_CONTROLLER_CONF.into(),
+    };
+    crate::tenant::apply::kubeconfig_in(&ctx.client, &ns, &secret)
+        .await?
+        .ok_or_else(|| Error::Pending(format!("the kubeconfig Secret {}", secret.name)))
+}
+
+/// The tenant's admin kubeconfig, which its status names: only to clean up after a switched-off
+/// cloud controller, whose own user's access goes with it.
+async fn admin_kubeconfig(tcp: &TenantControlPlane, ctx: &Context) -> Result<String> {
     let ns = tcp.namespace().unwrap_or_default();
     let missing = || Error::Pending(format!("the admin kubeconfig of tenant {}", tcp.name_any()));
     let secret = tcp
@@ -153,7 +169,7 @@ async fn kubeconfig(tcp: &TenantControlPlane, ctx: &Context) -> Result<String> {
         .as_ref()
         .and_then(|s| s.kubeconfig_secret_ref.clone())
         .ok_or_else(missing)?;
-    crate::tenant::apply::admin_kubeconfig(&ctx.client, &ns, &secret)
+    crate::tenant::apply::kubeconfig_in(&ctx.client, &ns, &secret)
         .await?
         .ok_or_else(missing)
 }
@@ -164,7 +180,7 @@ async fn switch_off(tcp: &TenantControlPlane, ctx: &Context) -> Result<()> {
     if !release::anything_left(&ctx.client, &ns, &tcp.name_any()).await? {
         return Ok(());
     }
-    let kubeconfig = kubeconfig(tcp, ctx).await?;
+    let kubeconfig = admin_kubeconfig(tcp, ctx).await?;
     let tenant = Tenant::connect(ctx, tcp, &kubeconfig).await?;
     let removed = release::switch_off(&tenant).await?;
     info!(

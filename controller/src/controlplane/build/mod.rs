@@ -77,6 +77,9 @@ impl Names {
     pub fn kubeconfigs(&self) -> String {
         format!("{}-kubeconfigs", self.tenant)
     }
+    pub fn addon_kubeconfigs(&self) -> String {
+        format!("{}-addon-kubeconfigs", self.tenant)
+    }
     pub fn config(&self) -> String {
         format!("{}-config", self.tenant)
     }
