@@ -113,6 +113,11 @@ pub fn in_progress(request: &str) -> Value {
     })
 }
 
+/// The claim's status while its resize waits, saying why (a disk still attached).
+pub fn waiting(why: &str) -> Value {
+    json!({"conditions": [condition("Resizing", why)]})
+}
+
 /// The claim's status once its disk holds `bytes`: the node grows the filesystem at the next
 /// mount, or (`on_node` false, a raw block volume) the claim holds them at once.
 pub fn expanded(bytes: i64, on_node: bool) -> Value {

@@ -242,11 +242,6 @@ async fn resize_claim<I: Infra>(
         }
         ResizePlan::Expand(e) => e,
     };
-    let claims = Api::<PersistentVolumeClaim>::namespaced(
-        d.client.clone(),
-        &claim.namespace().unwrap_or_default(),
-    );
-    let name = claim.name_any();
     let status = claim.status.clone().unwrap_or_default();
     let started = status
         .allocated_resource_statuses
@@ -258,21 +253,8 @@ async fn resize_claim<I: Infra>(
             .as_ref()
             .and_then(|r| r.get("storage"))
             .is_some_and(|q| q.0 == expand.request);
-    let patch_status = |status: serde_json::Value| {
-        let claims = claims.clone();
-        let name = name.clone();
-        async move {
-            claims
-                .patch_status(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({ "status": status })),
-                )
-                .await
-        }
-    };
     if !started {
-        patch_status(resize::in_progress(&expand.request)).await?;
+        set_claim_status(d, claim, resize::in_progress(&expand.request)).await?;
         d.event(
             claim,
             EventType::Normal,
@@ -290,69 +272,81 @@ async fn resize_claim<I: Infra>(
         volume_capability: Some(expand.capability.clone()),
         ..Default::default()
     };
-    match d
+    let grown = match d
         .controller
         .controller_expand_volume(Request::new(request))
         .await
     {
-        Ok(r) => {
-            let r = r.into_inner();
-            let capacity = json!({"spec": {"capacity": {"storage": r.capacity_bytes.to_string()}}});
-            pvs.patch(pv_name, &PatchParams::default(), &Patch::Merge(capacity))
-                .await?;
-            patch_status(resize::expanded(
-                r.capacity_bytes,
-                r.node_expansion_required,
-            ))
-            .await?;
-            info!(tenant = %d.tenant, volume = %pv_name, bytes = r.capacity_bytes, "volume grown");
-            d.event(
-                claim,
-                EventType::Normal,
-                "VolumeResizeSuccessful",
-                format!("volume {pv_name} grown to {}", expand.request),
-            )
-            .await;
-            Ok(Action::await_change())
+        Ok(r) => r.into_inner(),
+        Err(status) => return resize_failed(claim, pv_name, &expand.request, &status, d).await,
+    };
+    let capacity = json!({"spec": {"capacity": {"storage": grown.capacity_bytes.to_string()}}});
+    pvs.patch(pv_name, &PatchParams::default(), &Patch::Merge(capacity))
+        .await?;
+    let status = resize::expanded(grown.capacity_bytes, grown.node_expansion_required);
+    set_claim_status(d, claim, status).await?;
+    info!(tenant = %d.tenant, volume = %pv_name, bytes = grown.capacity_bytes, "volume grown");
+    d.event(
+        claim,
+        EventType::Normal,
+        "VolumeResizeSuccessful",
+        format!("volume {pv_name} grown to {}", expand.request),
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+/// A refused or unfinished resize of `claim`'s volume `pv_name` to `request`: refused for good,
+/// the claim is marked infeasible; otherwise it is tried again (and a disk still attached says
+/// so once, in the claim's Resizing condition and an Event).
+async fn resize_failed<I: Infra>(
+    claim: &PersistentVolumeClaim,
+    pv_name: &str,
+    request: &str,
+    status: &Status,
+    d: &Driver<I>,
+) -> Result<Action> {
+    let why = status.message();
+    match status.code() {
+        Code::InvalidArgument | Code::OutOfRange => {
+            set_claim_status(d, claim, resize::infeasible(why)).await?;
+            let note =
+                format!("volume {pv_name} cannot grow to {request}: {why} (ask for another size)");
+            d.event(claim, EventType::Warning, "VolumeResizeFailed", note)
+                .await;
+            return Ok(Action::await_change());
         }
-        Err(status) if matches!(status.code(), Code::InvalidArgument | Code::OutOfRange) => {
-            patch_status(resize::infeasible(status.message())).await?;
-            d.event(
-                claim,
-                EventType::Warning,
-                "VolumeResizeFailed",
-                format!(
-                    "volume {pv_name} cannot grow to {}: {} (ask for another size)",
-                    expand.request,
-                    status.message()
-                ),
-            )
-            .await;
-            Ok(Action::await_change())
+        Code::FailedPrecondition if resizing_message(claim) != Some(why) => {
+            set_claim_status(d, claim, resize::waiting(why)).await?;
+            d.event(claim, EventType::Warning, "VolumeResizeFailed", why.into())
+                .await;
         }
-        Err(status) => {
-            debug!(tenant = %d.tenant, volume = %pv_name, why = status.message(), "resize waits");
-            // Said once per reason: a disk still attached waits for its pod to go.
-            if status.code() == Code::FailedPrecondition {
-                let said = status.message().to_owned();
-                if claim_condition_message(claim) != Some(said.as_str()) {
-                    patch_status(json!({"conditions": [{
-                        "type": "Resizing", "status": "True",
-                        "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().to_string(),
-                        "message": said,
-                    }]}))
-                    .await?;
-                    d.event(claim, EventType::Warning, "VolumeResizeFailed", said)
-                        .await;
-                }
-            }
-            Ok(Action::requeue(retry_after(&status)))
-        }
+        _ => debug!(tenant = %d.tenant, volume = %pv_name, why, "resize waits"),
     }
+    Ok(Action::requeue(retry_after(status)))
+}
+
+/// Merge-patches the status of `claim` with `status`.
+async fn set_claim_status<I: Infra>(
+    d: &Driver<I>,
+    claim: &PersistentVolumeClaim,
+    status: serde_json::Value,
+) -> Result<()> {
+    Api::<PersistentVolumeClaim>::namespaced(
+        d.client.clone(),
+        &claim.namespace().unwrap_or_default(),
+    )
+    .patch_status(
+        &claim.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await?;
+    Ok(())
 }
 
 /// The message of the claim's Resizing condition, if it has one.
-fn claim_condition_message(claim: &PersistentVolumeClaim) -> Option<&str> {
+fn resizing_message(claim: &PersistentVolumeClaim) -> Option<&str> {
     claim
         .status
         .as_ref()?
