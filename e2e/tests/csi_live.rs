@@ -200,11 +200,14 @@ fn wait_until(
 /// Whether the tenant lets the cloud controller's user (which the CSI driver's controllers use)
 /// `verb` `resource`: "yes" or "no".
 fn can(tenant: &Tenant, verb: &str, resource: &str) -> String {
+    // A subresource is named with --subresource ("a/status" would name an object "status").
+    let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
     let out = tenant.run(&[
         "auth",
         "can-i",
         verb,
         resource,
+        &format!("--subresource={subresource}"),
         "--as=orrery:cloud-controller",
         "-n",
         "default",
@@ -332,6 +335,10 @@ async fn a_claim_in_a_tenant_gets_a_hot_plugged_disk_that_keeps_its_data() {
     // their work and no more.
     assert_eq!(can(&tenant, "create", "persistentvolumes"), "yes");
     assert_eq!(can(&tenant, "patch", "volumeattachments/status"), "yes");
+    assert_eq!(
+        can(&tenant, "update", "persistentvolumeclaims/status"),
+        "no"
+    );
     assert_eq!(can(&tenant, "get", "secrets"), "no");
 
     // A claim of the default class, and a pod that writes a file on it.

@@ -582,12 +582,15 @@ async fn a_pool_joins_runs_pods_scales_rolls_heals_and_goes_with_its_tenant() {
         ]),
         "live-addon-kubeconfigs"
     );
+    // A subresource is named with --subresource: "pods/eviction" would name a pod "eviction".
     let can = |verb: &str, resource: &str, user: &str| {
+        let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
         let out = tenant.run(&[
             "auth",
             "can-i",
             verb,
             resource,
+            &format!("--subresource={subresource}"),
             &format!("--as={user}"),
             "-n",
             "default",
@@ -605,6 +608,7 @@ async fn a_pool_joins_runs_pods_scales_rolls_heals_and_goes_with_its_tenant() {
         ("get", "secrets", "orrery:cluster-autoscaler", "no"),
         ("delete", "pods", "orrery:cluster-autoscaler", "no"),
         ("patch", "services/status", "orrery:cloud-controller", "yes"),
+        ("update", "services/status", "orrery:cloud-controller", "no"),
         ("delete", "nodes", "orrery:cloud-controller", "yes"),
         ("get", "secrets", "orrery:cloud-controller", "no"),
         ("create", "pods", "orrery:cloud-controller", "no"),
