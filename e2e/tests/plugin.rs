@@ -414,7 +414,8 @@ fn describe_shows_every_part(ground: &Ground, ns: &str, datastore: &str) {
     );
     assert_eq!(row("Nodes")[5], "no node has joined yet");
 
-    // Grouped: the eight leaves, issued together, are one row.
+    // Grouped: the ten leaves (the control plane's and the add-on users'), issued together,
+    // are one row.
     let grouped = check(
         plugin(ground, &["describe", "glance", "-n", ns]),
         "describe",
@@ -422,7 +423,7 @@ fn describe_shows_every_part(ground: &Ground, ns: &str, datastore: &str) {
     println!("kubectl orrery describe:\n{grouped}");
     let grouped_names = names(&rows(&grouped));
     assert!(
-        grouped_names.contains(&(2, "8 Certificates...".to_string())),
+        grouped_names.contains(&(2, "10 Certificates...".to_string())),
         "{grouped}"
     );
     let top = |n: &[(usize, String)]| -> Vec<(usize, String)> {

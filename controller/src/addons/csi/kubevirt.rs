@@ -165,6 +165,33 @@ pub fn add_volume(id: &str, claim: &str) -> Value {
     })
 }
 
+/// The bytes of storage in `r`, if it names them.
+fn storage(r: Option<&BTreeMap<String, Quantity>>) -> Option<i64> {
+    r.and_then(|r| r.get("storage"))
+        .and_then(|q| quantity_bytes(q).ok())
+}
+
+/// The size of the disk of `claim`: what it was asked for, or less while the management
+/// storage is still growing it (a bound claim's status says what it holds).
+fn capacity(claim: &PersistentVolumeClaim) -> Result<i64, Status> {
+    let asked: i64 = claim
+        .annotations()
+        .get(CAPACITY_ANNOTATION)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| {
+            Status::internal(format!(
+                "claim {} has no {CAPACITY_ANNOTATION}",
+                claim.name_any()
+            ))
+        })?;
+    Ok(held(claim).map_or(asked, |held| held.min(asked)))
+}
+
+/// What a bound claim holds (None: not bound yet).
+fn held(claim: &PersistentVolumeClaim) -> Option<i64> {
+    storage(claim.status.as_ref().and_then(|s| s.capacity.as_ref()))
+}
+
 #[tonic::async_trait]
 impl Infra for KubeVirtInfra {
     async fn disk(&self, id: &str) -> Result<Option<Disk>, Status> {
@@ -179,16 +206,7 @@ impl Infra for KubeVirtInfra {
         else {
             return Ok(None);
         };
-        let a = claim.annotations();
-        let capacity = a
-            .get(CAPACITY_ANNOTATION)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| {
-                Status::internal(format!(
-                    "claim {} has no {CAPACITY_ANNOTATION}",
-                    claim.name_any()
-                ))
-            })?;
+        let capacity = capacity(&claim)?;
         let selector = format!("{TENANT_LABEL}={}", self.tenant);
         let vms = self
             .vms()
@@ -215,7 +233,11 @@ impl Infra for KubeVirtInfra {
             .collect();
         Ok(Some(Disk {
             id: id.into(),
-            name: a.get(NAME_ANNOTATION).cloned().unwrap_or_default(),
+            name: claim
+                .annotations()
+                .get(NAME_ANNOTATION)
+                .cloned()
+                .unwrap_or_default(),
             capacity,
             nodes,
         }))
@@ -344,12 +366,8 @@ impl Infra for KubeVirtInfra {
             .await
             .map_err(|e| unavailable("reading the disk's claim", e))?
             .ok_or_else(|| Status::not_found(format!("the disk's claim {name} is gone")))?;
-        let storage = |r: Option<&BTreeMap<String, Quantity>>| {
-            r.and_then(|r| r.get("storage"))
-                .and_then(|q| quantity_bytes(q).ok())
-        };
         // Only a bound claim grows; it binds at the disk's first attach.
-        let Some(held) = storage(claim.status.as_ref().and_then(|s| s.capacity.as_ref())) else {
+        let Some(held) = held(&claim) else {
             return Err(Status::failed_precondition(format!(
                 "the disk's claim {name} is not bound yet (it binds when the disk is first \
                  attached): it grows after that"
@@ -415,6 +433,28 @@ mod tests {
         assert!(!vm_holds(&vm, "cccc"));
         assert!(pending_request(&vm, "aaaa", "removeVolumeOptions"));
         assert!(!pending_request(&vm, "bbbb", "removeVolumeOptions"));
+    }
+
+    #[test]
+    fn a_disk_holds_what_it_was_asked_for_once_its_claim_holds_it() {
+        let claim = |held: Option<&str>| -> PersistentVolumeClaim {
+            serde_json::from_value(json!({
+                "metadata": {"name": "t-csi-a", "annotations": {CAPACITY_ANNOTATION: "536870912"}},
+                "status": held.map(|h| json!({"capacity": {"storage": h}})),
+            }))
+            .unwrap()
+        };
+        assert_eq!(capacity(&claim(None)).unwrap(), 512 << 20, "not bound yet");
+        assert_eq!(
+            capacity(&claim(Some("1Gi"))).unwrap(),
+            512 << 20,
+            "a larger volume"
+        );
+        assert_eq!(
+            capacity(&claim(Some("256Mi"))).unwrap(),
+            256 << 20,
+            "still growing"
+        );
     }
 
     #[test]
