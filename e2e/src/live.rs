@@ -340,6 +340,24 @@ impl Tenant {
         )
     }
 
+    /// Whether the tenant lets `user` `verb` `resource` in namespace default: "yes" or "no".
+    pub fn can_i(&self, verb: &str, resource: &str, user: &str) -> String {
+        // A subresource is named with --subresource: "pods/eviction" as one word would name a
+        // pod called "eviction".
+        let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+        let out = self.run(&[
+            "auth",
+            "can-i",
+            verb,
+            resource,
+            &format!("--subresource={subresource}"),
+            &format!("--as={user}"),
+            "-n",
+            "default",
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// Server-side applies one object in the tenant.
     pub fn apply(&self, value: &Value) {
         let file = std::env::temp_dir().join(format!("{}.json", unique_name("tenant-apply")));

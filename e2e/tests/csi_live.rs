@@ -200,19 +200,7 @@ fn wait_until(
 /// Whether the tenant lets the cloud controller's user (which the CSI driver's controllers use)
 /// `verb` `resource`: "yes" or "no".
 fn can(tenant: &Tenant, verb: &str, resource: &str) -> String {
-    // A subresource is named with --subresource ("a/status" would name an object "status").
-    let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
-    let out = tenant.run(&[
-        "auth",
-        "can-i",
-        verb,
-        resource,
-        &format!("--subresource={subresource}"),
-        "--as=orrery:cloud-controller",
-        "-n",
-        "default",
-    ]);
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    tenant.can_i(verb, resource, "orrery:cloud-controller")
 }
 
 /// A pod on the worker running kubectl (the worker has the kube-proxy image, whose kube binary

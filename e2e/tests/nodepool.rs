@@ -582,21 +582,6 @@ async fn a_pool_joins_runs_pods_scales_rolls_heals_and_goes_with_its_tenant() {
         ]),
         "live-addon-kubeconfigs"
     );
-    // A subresource is named with --subresource: "pods/eviction" would name a pod "eviction".
-    let can = |verb: &str, resource: &str, user: &str| {
-        let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
-        let out = tenant.run(&[
-            "auth",
-            "can-i",
-            verb,
-            resource,
-            &format!("--subresource={subresource}"),
-            &format!("--as={user}"),
-            "-n",
-            "default",
-        ]);
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
     for (verb, resource, user, allowed) in [
         (
             "create",
@@ -614,7 +599,7 @@ async fn a_pool_joins_runs_pods_scales_rolls_heals_and_goes_with_its_tenant() {
         ("create", "pods", "orrery:cloud-controller", "no"),
     ] {
         assert_eq!(
-            can(verb, resource, user),
+            tenant.can_i(verb, resource, user),
             allowed,
             "{user} {verb} {resource}"
         );
