@@ -39,6 +39,8 @@ pub struct Expand {
     pub bytes: i64,
     /// The claim's request, as written (the allocated size the claim's status records).
     pub request: String,
+    /// Whether the claim's status already records this resize as under way.
+    pub started: bool,
 }
 
 /// The plan for `claim`, bound to `pv`.
@@ -92,6 +94,7 @@ pub fn plan(claim: &PersistentVolumeClaim, pv: &PersistentVolume) -> ResizePlan 
             capability: capability.clone(),
             bytes,
             request: request.0.clone(),
+            started: resize_status == Some(CONTROLLER_IN_PROGRESS) && allocated == Some(bytes),
         }))
     };
     match resize_status {
@@ -179,11 +182,15 @@ mod tests {
         (claim, pv)
     }
 
-    fn expand_bytes(plan: ResizePlan) -> i64 {
+    fn expanding(plan: ResizePlan) -> Expand {
         match plan {
-            ResizePlan::Expand(e) => e.bytes,
+            ResizePlan::Expand(e) => *e,
             other => panic!("expected an expand, got {other:?}"),
         }
+    }
+
+    fn expand_bytes(plan: ResizePlan) -> i64 {
+        expanding(plan).bytes
     }
 
     #[test]
@@ -201,7 +208,11 @@ mod tests {
             "allocatedResourceStatuses": {"storage": CONTROLLER_IN_PROGRESS},
         });
         let (claim, pv) = pair("128Mi", "134217728", status);
-        assert_eq!(expand_bytes(plan(&claim, &pv)), 128 << 20);
+        let e = expanding(plan(&claim, &pv));
+        assert_eq!(e.bytes, 128 << 20);
+        assert!(e.started, "its status is not written again");
+        let (claim, pv) = pair("128Mi", "67108864", json!({"phase": "Bound"}));
+        assert!(!expanding(plan(&claim, &pv)).started);
     }
 
     #[test]

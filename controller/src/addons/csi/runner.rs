@@ -242,18 +242,7 @@ async fn resize_claim<I: Infra>(
         }
         ResizePlan::Expand(e) => e,
     };
-    let status = claim.status.clone().unwrap_or_default();
-    let started = status
-        .allocated_resource_statuses
-        .as_ref()
-        .and_then(|s| s.get("storage"))
-        .is_some_and(|s| s == resize::CONTROLLER_IN_PROGRESS)
-        && status
-            .allocated_resources
-            .as_ref()
-            .and_then(|r| r.get("storage"))
-            .is_some_and(|q| q.0 == expand.request);
-    if !started {
+    if !expand.started {
         set_claim_status(d, claim, resize::in_progress(&expand.request)).await?;
         d.event(
             claim,
